@@ -1,0 +1,387 @@
+//! Configuration: defaults < optional TOML file (`CONFIG_FILE`) < environment.
+//!
+//! The environment names in [`ENV_KEYS`] are public contract (deployments set them); the README's
+//! configuration table is written from that list. Any librdkafka property can be passed through as
+//! `RDKAFKA_<NAME>` (upper case, dots as underscores: `RDKAFKA_FETCH_WAIT_MAX_MS=10` sets
+//! `fetch.wait.max.ms`), or in the file under `[kafka.properties]`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code for a configuration error (EX_USAGE from sysexits.h).
+pub const EXIT_USAGE: i32 = 64;
+
+/// Environment variable -> configuration key. `BETTER_AUTH_SECRET` is an alias that
+/// `JWT_SECRET` overrides when both are set (it comes later in this list).
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("HOST", "server.host"),
+    ("PORT", "server.port"),
+    ("WORKERS", "server.workers"),
+    ("MAX_CONNECTIONS", "server.max_connections"),
+    ("MAX_CONNECTIONS_PER_USER", "server.max_connections_per_user"),
+    ("MAX_FRAME_BYTES", "server.max_frame_bytes"),
+    ("SESSION_QUEUE_CAPACITY", "server.session_queue_capacity"),
+    ("HEARTBEAT_INTERVAL_SECS", "server.heartbeat_interval_secs"),
+    ("CLIENT_TIMEOUT_SECS", "server.client_timeout_secs"),
+    ("BETTER_AUTH_SECRET", "auth.jwt_secret"),
+    ("JWT_SECRET", "auth.jwt_secret"),
+    ("JWT_PUBLIC_KEY", "auth.jwt_public_key"),
+    ("JWT_ALGORITHM", "auth.jwt_algorithm"),
+    ("JWT_JWKS_URL", "auth.jwt_jwks_url"),
+    ("JWT_ISSUER", "auth.jwt_issuer"),
+    ("JWT_AUDIENCE", "auth.jwt_audience"),
+    ("JWT_LEEWAY_SECS", "auth.leeway_secs"),
+    ("JWKS_TIMEOUT_MS", "auth.jwks_timeout_ms"),
+    ("JWKS_MIN_REFRESH_SECS", "auth.jwks_min_refresh_secs"),
+    ("KAFKA_BROKERS", "kafka.brokers"),
+    ("KAFKA_TOPICS", "kafka.topics"),
+    ("KAFKA_METADATA_REFRESH_SECS", "kafka.metadata_refresh_secs"),
+    ("KAFKA_CREATE_TOPICS", "kafka.create_topics"),
+    ("LOG_FORMAT", "log.format"),
+];
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["kafka.topics"];
+
+/// Prefix of librdkafka pass-through properties in the environment.
+pub const RDKAFKA_ENV_PREFIX: &str = "RDKAFKA_";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub kafka: KafkaSettings,
+    pub log: LogSettings,
+}
+
+/// The HTTP/WebSocket listener and per-session limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (the existing clients use 8005).
+    pub port: u16,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Open WebSocket sessions allowed on this instance; the next one is closed with 1013.
+    pub max_connections: usize,
+    /// Open sessions allowed per user on this instance; the next one is closed with 4029.
+    pub max_connections_per_user: usize,
+    /// Largest inbound frame (and reassembled message) in bytes; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Outbound messages queued per session before it counts as a slow consumer (close 4008).
+    pub session_queue_capacity: usize,
+    /// How often the server pings each session.
+    pub heartbeat_interval_secs: u64,
+    /// A session that sends nothing (not even a pong) for this long is dropped as dead.
+    pub client_timeout_secs: u64,
+}
+
+/// How tokens are verified. Exactly one of secret, public key and JWKS URL must be set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 shared secret (`JWT_SECRET`, or `BETTER_AUTH_SECRET` as the seed apps call it).
+    pub jwt_secret: Option<String>,
+    /// PEM public key (or a path to a PEM file) for RS256, ES256 or EdDSA tokens.
+    pub jwt_public_key: Option<String>,
+    /// Algorithm for `jwt_public_key`; guessed from the key type when unset.
+    pub jwt_algorithm: Option<String>,
+    /// JWKS endpoint; keys are cached and refetched only for an unknown `kid`.
+    pub jwt_jwks_url: Option<String>,
+    /// Required `iss` claim, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim, when set.
+    pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Timeout of one JWKS fetch.
+    pub jwks_timeout_ms: u64,
+    /// Minimum time between two JWKS fetches, so unknown `kid`s cannot hammer the issuer.
+    pub jwks_min_refresh_secs: u64,
+}
+
+/// The direct Kafka source. Empty `brokers` disables it (Dapr-only deployments).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap servers, comma-separated (`bootstrap.servers`).
+    pub brokers: String,
+    /// Topics to consume, every partition of each.
+    pub topics: Vec<String>,
+    /// How often partition metadata is refreshed: new partitions and broker health are seen at
+    /// this pace.
+    pub metadata_refresh_secs: u64,
+    /// Create missing topics at start (for local runs; production topics are provisioned).
+    pub create_topics: bool,
+    /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*,
+    /// fetch.wait.max.ms, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Every default, in one place.
+const DEFAULTS: &[(&str, DefaultValue)] = &[
+    ("server.host", DefaultValue::Str("0.0.0.0")),
+    ("server.port", DefaultValue::Int(8005)),
+    ("server.workers", DefaultValue::Int(0)),
+    ("server.max_connections", DefaultValue::Int(50_000)),
+    ("server.max_connections_per_user", DefaultValue::Int(20)),
+    ("server.max_frame_bytes", DefaultValue::Int(64 * 1024)),
+    ("server.session_queue_capacity", DefaultValue::Int(256)),
+    ("server.heartbeat_interval_secs", DefaultValue::Int(20)),
+    ("server.client_timeout_secs", DefaultValue::Int(60)),
+    ("auth.leeway_secs", DefaultValue::Int(30)),
+    ("auth.jwks_timeout_ms", DefaultValue::Int(5_000)),
+    ("auth.jwks_min_refresh_secs", DefaultValue::Int(30)),
+    ("kafka.brokers", DefaultValue::Str("")),
+    ("kafka.topics", DefaultValue::List(&["task-updates"])),
+    ("kafka.metadata_refresh_secs", DefaultValue::Int(10)),
+    ("kafka.create_topics", DefaultValue::Bool(false)),
+    ("log.format", DefaultValue::Str("text")),
+];
+
+enum DefaultValue {
+    Str(&'static str),
+    Int(i64),
+    Bool(bool),
+    List(&'static [&'static str]),
+}
+
+/// A configuration problem, worded for the operator: the key at fault and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads from the process environment (and `CONFIG_FILE` when set).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::load(std::env::vars())
+    }
+
+    /// Loads from the given environment; tests pass their own.
+    pub fn load(env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = match value {
+                DefaultValue::Str(s) => builder.set_default(*key, *s),
+                DefaultValue::Int(i) => builder.set_default(*key, *i),
+                DefaultValue::Bool(b) => builder.set_default(*key, *b),
+                DefaultValue::List(l) => builder.set_default(*key, l.to_vec()),
+            }
+            .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if let Some(path) = env.get("CONFIG_FILE").filter(|p| !p.is_empty()) {
+            if !std::path::Path::new(path).is_file() {
+                return Err(ConfigError(format!(
+                    "CONFIG_FILE: {path} is not a readable file; fix the path or unset CONFIG_FILE"
+                )));
+            }
+            builder = builder.add_source(config::File::new(path, config::FileFormat::Toml));
+        }
+        for (name, key) in ENV_KEYS {
+            let Some(value) = env.get(*name) else { continue };
+            builder = if LIST_KEYS.contains(key) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect();
+                builder.set_override(*key, items)
+            } else {
+                builder.set_override(*key, value.as_str())
+            }
+            .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        let mut settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(with_env_name(e.to_string())))?;
+        // librdkafka names hold dots, which the config crate reads as nesting: merge these
+        // after it, still over the file's values.
+        for (name, value) in &env {
+            if let Some(prop) = name.strip_prefix(RDKAFKA_ENV_PREFIX) {
+                let prop = prop.to_ascii_lowercase().replace('_', ".");
+                settings.kafka.properties.insert(prop, value.clone());
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_string()));
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return fail("MAX_CONNECTIONS (server.max_connections) must be at least 1");
+        }
+        if s.max_connections_per_user == 0 {
+            return fail("MAX_CONNECTIONS_PER_USER (server.max_connections_per_user) must be at least 1");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&s.max_frame_bytes) {
+            return fail("MAX_FRAME_BYTES (server.max_frame_bytes) must be between 1024 and 16777216");
+        }
+        if s.session_queue_capacity == 0 {
+            return fail("SESSION_QUEUE_CAPACITY (server.session_queue_capacity) must be at least 1");
+        }
+        if s.heartbeat_interval_secs == 0 || s.client_timeout_secs <= s.heartbeat_interval_secs {
+            return fail(
+                "CLIENT_TIMEOUT_SECS must be greater than HEARTBEAT_INTERVAL_SECS, and both above 0",
+            );
+        }
+        let a = &self.auth;
+        let verifiers = [&a.jwt_secret, &a.jwt_public_key, &a.jwt_jwks_url]
+            .iter()
+            .filter(|v| v.as_deref().is_some_and(|v| !v.is_empty()))
+            .count();
+        if verifiers != 1 {
+            return fail(
+                "set exactly one token verifier: JWT_SECRET (or BETTER_AUTH_SECRET) for HS256, \
+                 JWT_PUBLIC_KEY for RS256/ES256/EdDSA, or JWT_JWKS_URL",
+            );
+        }
+        if a.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+            return fail("JWT_SECRET is shorter than 16 bytes; use a longer random secret");
+        }
+        if let Some(url) = a.jwt_jwks_url.as_deref().filter(|u| !u.is_empty()) {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return fail("JWT_JWKS_URL must be an http:// or https:// URL");
+            }
+        }
+        if self.kafka_enabled() {
+            if self.kafka.topics.is_empty() {
+                return fail("KAFKA_TOPICS is empty; name at least one topic (default task-updates)");
+            }
+            if self.kafka.metadata_refresh_secs == 0 {
+                return fail("KAFKA_METADATA_REFRESH_SECS must be at least 1");
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return fail("LOG_FORMAT must be `text` or `json`");
+        }
+        Ok(())
+    }
+
+    /// Whether the direct Kafka source runs.
+    pub fn kafka_enabled(&self) -> bool {
+        !self.kafka.brokers.trim().is_empty()
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.server.heartbeat_interval_secs)
+    }
+
+    pub fn client_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.client_timeout_secs)
+    }
+}
+
+/// The config crate names the key (`server.port`); operators know the variable (`PORT`).
+fn with_env_name(message: String) -> String {
+    for (name, key) in ENV_KEYS {
+        if message.contains(&format!("`{key}`")) {
+            return format!("{message} (environment variable {name})");
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_with_a_secret() {
+        let s = Settings::load(env(&[("JWT_SECRET", "0123456789abcdef")])).unwrap();
+        assert_eq!(s.server.port, 8005);
+        assert_eq!(s.kafka.topics, vec!["task-updates"]);
+        assert!(!s.kafka_enabled());
+    }
+
+    #[test]
+    fn better_auth_secret_is_an_alias() {
+        let s = Settings::load(env(&[("BETTER_AUTH_SECRET", "0123456789abcdef")])).unwrap();
+        assert_eq!(s.auth.jwt_secret.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn rdkafka_properties_pass_through() {
+        let s = Settings::load(env(&[
+            ("JWT_SECRET", "0123456789abcdef"),
+            ("KAFKA_BROKERS", "a:9092"),
+            ("KAFKA_TOPICS", "one, two"),
+            ("RDKAFKA_FETCH_WAIT_MAX_MS", "10"),
+            ("RDKAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+        ]))
+        .unwrap();
+        assert_eq!(s.kafka.topics, vec!["one", "two"]);
+        assert_eq!(s.kafka.properties["fetch.wait.max.ms"], "10");
+        assert_eq!(s.kafka.properties["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let err = Settings::load(env(&[("JWT_SECRET", "0123456789abcdef"), ("PORT", "eighty")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORT"), "{err}");
+        let err = Settings::load(env(&[])).unwrap_err().to_string();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let err = Settings::load(env(&[("JWT_SECRET", "short")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("16 bytes"), "{err}");
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = std::env::temp_dir().join(format!("wsconf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(
+            &path,
+            "[server]\nport = 9000\nmax_connections_per_user = 3\n[kafka.properties]\n\"fetch.wait.max.ms\" = \"25\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(env(&[
+            ("CONFIG_FILE", path.to_str().unwrap()),
+            ("JWT_SECRET", "0123456789abcdef"),
+            ("PORT", "9001"),
+        ]))
+        .unwrap();
+        assert_eq!(s.server.port, 9001, "environment wins over the file");
+        assert_eq!(s.server.max_connections_per_user, 3, "file wins over defaults");
+        assert_eq!(s.kafka.properties["fetch.wait.max.ms"], "25");
+
+        std::fs::write(&path, "[server]\nprot = 1\n").unwrap();
+        let err = Settings::load(env(&[
+            ("CONFIG_FILE", path.to_str().unwrap()),
+            ("JWT_SECRET", "0123456789abcdef"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("prot"), "unknown keys are rejected: {err}");
+    }
+}

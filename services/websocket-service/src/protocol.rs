@@ -1,0 +1,80 @@
+//! The WebSocket protocol: what clients send and what the service sends them.
+//!
+//! The shapes existing frontends rely on are in `shared/contracts/wire.md`; the full protocol is
+//! described by `schemas/ws-client-message.schema.json` and `schemas/ws-server-message.schema.json`.
+
+use std::time::SystemTime;
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Close codes the service uses. 4001 is contract: the frontends do not reconnect on it.
+pub mod close {
+    /// Going away: server shutting down; reconnect (to another replica).
+    pub const GOING_AWAY: u16 = 1001;
+    /// A binary frame: the protocol is JSON text.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A frame or message over `MAX_FRAME_BYTES`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Instance at `MAX_CONNECTIONS`: try again later (another replica).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No frame (not even a pong) within `CLIENT_TIMEOUT_SECS`.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// Missing, invalid or expired token. Clients must not retry with the same token.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// The client did not read fast enough and its outbound queue filled.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// The user already has `MAX_CONNECTIONS_PER_USER` sessions on this instance.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+}
+
+/// A message from the client. Only `type` is looked at first, so an unknown type can be named in
+/// the error.
+#[derive(Deserialize)]
+pub struct ClientEnvelope<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: std::borrow::Cow<'a, str>,
+}
+
+/// Messages the service sends.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    Connected {
+        connection_id: &'a str,
+        user_id: &'a str,
+        server_time: String,
+    },
+    Pong {
+        server_time: String,
+    },
+    Error {
+        code: &'a str,
+        message: &'a str,
+    },
+    TaskUpdate {
+        event: &'a str,
+        task: &'a RawValue,
+        id: &'a str,
+        timestamp: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    pub fn to_text(&self) -> ByteString {
+        // Serialising these types cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string(self)
+            .expect("server message serialises")
+            .into()
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
