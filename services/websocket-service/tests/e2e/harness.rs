@@ -1,0 +1,335 @@
+//! Test harness: a real gateway on port 0, a real Kafka-protocol broker over TCP, real WebSocket
+//! clients. The shared broker comes from `make test` (`KAFKA_TEST_BROKERS`); tests that must
+//! stop a broker start their own from `TANSU_BIN`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use websocket_service::telemetry::Stats;
+use websocket_service::{Gateway, Settings};
+
+pub const SECRET: &str = "e2e-test-secret-0123456789";
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The shared broker started by `make test`. Missing is a failure, never a skip.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_TEST_BROKERS").expect(
+        "KAFKA_TEST_BROKERS is not set: run the tests with `make test`, which installs and starts a broker",
+    )
+}
+
+pub fn tansu_bin() -> PathBuf {
+    PathBuf::from(std::env::var("TANSU_BIN").expect("TANSU_BIN is not set: run the tests with `make test`"))
+}
+
+pub fn fixture(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Environment for a gateway with an HS256 secret and, when given, a Kafka topic.
+pub fn env_for(brokers: Option<&str>, topic: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("JWT_SECRET", SECRET.to_string()),
+        ("HOST", "127.0.0.1".into()),
+        ("WORKERS", "1".into()),
+        ("KAFKA_METADATA_REFRESH_SECS", "1".into()),
+        ("RDKAFKA_FETCH_WAIT_MAX_MS", "10".into()),
+        ("RDKAFKA_RECONNECT_BACKOFF_MAX_MS", "500".into()),
+    ];
+    if let Some(b) = brokers {
+        env.push(("KAFKA_BROKERS", b.to_string()));
+    }
+    if let Some(t) = topic {
+        env.push(("KAFKA_TOPICS", t.to_string()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_string(), value.to_string()));
+}
+
+/// A gateway running in this process; stopped on drop.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestGateway {
+    pub async fn start(env: Vec<(String, String)>) -> Self {
+        let settings = Settings::load(env).expect("test settings");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gateway = Gateway::new(settings).expect("gateway");
+        let stats = gateway.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway.run(listener, shutdown.clone()));
+        TestGateway {
+            addr,
+            stats,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Starts a gateway on `topic` of the shared broker and waits until it is ready.
+    pub async fn on_topic(topic: &str) -> Self {
+        let gw = Self::start(env_for(Some(&brokers()), Some(topic))).await;
+        gw.wait_ready().await;
+        gw
+    }
+
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .expect("http get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.get("/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready in time: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `/health` reports `n` open connections.
+    pub async fn wait_connections(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, body) = self.get("/health").await;
+            if body["connections"] == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} connections, /health says {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("gateway task").expect("gateway run");
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// An HS256 token for `user`, valid for an hour.
+pub fn token(user: &str) -> String {
+    token_with(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        json!({"sub": user, "exp": now_secs() + 3600}),
+    )
+}
+
+pub fn token_with(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), &claims, key).expect("sign token")
+}
+
+// ---- Kafka helpers -------------------------------------------------------------------------
+
+pub async fn create_topic(brokers: &str, partitions: i32) -> String {
+    let topic = unique("e2e");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create topic");
+    for r in results {
+        r.expect("topic created");
+    }
+    topic
+}
+
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "20000")
+        .create()
+        .expect("producer")
+}
+
+pub async fn produce(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(20),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
+}
+
+pub fn task_event(user: &str, event: &str, task: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({"event_type": event, "user_id": user, "task": task})).unwrap()
+}
+
+// ---- WebSocket client ----------------------------------------------------------------------
+
+static SERVER_SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+
+/// Every message a test reads from the gateway is checked against the published schema.
+pub fn assert_server_schema(msg: &Value) {
+    let validator = SERVER_SCHEMA.get_or_init(|| {
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/ws-server-message.schema.json");
+        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("server schema compiles")
+    });
+    if let Err(error) = validator.validate(msg) {
+        panic!("message does not match ws-server-message.schema.json: {error}\n{msg}");
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    /// The `connected` message.
+    pub hello: Value,
+}
+
+/// Connects and reads the `connected` message.
+pub async fn connect(url: &str) -> Client {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connect");
+    let hello = recv_json(&mut ws).await;
+    assert_eq!(hello["type"], "connected", "first message: {hello}");
+    Client { ws, hello }
+}
+
+/// The next JSON text message (pings are answered by tungstenite and skipped).
+pub async fn recv_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for a message")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(text) => {
+                let value: Value = serde_json::from_str(&text).expect("server sent JSON");
+                assert_server_schema(&value);
+                return value;
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+impl Client {
+    pub async fn recv(&mut self) -> Value {
+        recv_json(&mut self.ws).await
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Round-trips a ping: everything queued before it has been read once this returns.
+    pub async fn assert_nothing_pending(&mut self) {
+        self.send(r#"{"type":"ping"}"#).await;
+        let next = self.recv().await;
+        assert_eq!(next["type"], "pong", "unexpected message before pong: {next}");
+    }
+}
+
+/// Connects and expects the socket to be closed with `code` (after the upgrade). Returns the
+/// close reason.
+pub async fn expect_close(url: &str, code: u16) -> String {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade completes");
+    wait_close(&mut ws, code).await
+}
+
+/// Reads until a close frame; asserts its code; no task event may come before it.
+pub async fn wait_close(ws: &mut Ws, code: u16) -> String {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("timed out waiting for close");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(
+                    frame.code,
+                    CloseCode::from(code),
+                    "close reason: {}",
+                    frame.reason
+                );
+                return frame.reason.to_string();
+            }
+            Some(Ok(Message::Text(text))) => {
+                let value: Value = serde_json::from_str(&text).unwrap();
+                assert_server_schema(&value);
+                assert_ne!(
+                    value["type"], "task_update",
+                    "no event may reach this socket: {value}"
+                );
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected close {code}, got {other:?}"),
+        }
+    }
+}

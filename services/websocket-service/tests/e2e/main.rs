@@ -1,0 +1,8 @@
+//! End-to-end tests: the real gateway, a real Kafka-protocol broker (tansu) over TCP, real
+//! WebSocket clients. One test binary, so the workspace builds it once.
+
+mod auth;
+mod delivery;
+mod faults;
+mod harness;
+mod protocol;
