@@ -205,25 +205,7 @@ impl Discovery {
             .await
             .map_err(|e| format!("metadata task failed: {e}"))??;
 
-        let mut missing = Vec::new();
-        let mut new = Vec::new();
-        for topic in &self.topics {
-            let partitions: Vec<i32> = found
-                .iter()
-                .filter(|(t, _)| t == topic)
-                .map(|(_, p)| *p)
-                .collect();
-            if partitions.is_empty() {
-                missing.push(topic.clone());
-                continue;
-            }
-            let known_topic = self.seen_topics.contains(topic);
-            for p in partitions {
-                if !self.assigned.contains(&(topic.clone(), p)) {
-                    new.push((topic.clone(), p, known_topic));
-                }
-            }
-        }
+        let (new, missing) = plan(&self.topics, &found, &self.assigned, &self.seen_topics);
         if !new.is_empty() {
             self.assign(new).await?;
         }
@@ -269,6 +251,31 @@ impl Discovery {
     }
 }
 
+/// What one metadata round means: partitions to assign, each with whether to read it from the
+/// beginning (a new partition of a topic seen before) or live, and the topics that were not found.
+fn plan(
+    topics: &[String],
+    found: &BTreeSet<(String, i32)>,
+    assigned: &HashSet<(String, i32)>,
+    seen_topics: &HashSet<String>,
+) -> (Vec<(String, i32, bool)>, Vec<String>) {
+    let mut new = Vec::new();
+    let mut missing = Vec::new();
+    for topic in topics {
+        let mut any = false;
+        for (_, partition) in found.iter().filter(|(t, _)| t == topic) {
+            any = true;
+            if !assigned.contains(&(topic.clone(), *partition)) {
+                new.push((topic.clone(), *partition, seen_topics.contains(topic)));
+            }
+        }
+        if !any {
+            missing.push(topic.clone());
+        }
+    }
+    (new, missing)
+}
+
 /// (topic, partition) pairs the brokers report for `topics`.
 fn partitions_of(
     consumer: &Gateway,
@@ -290,4 +297,45 @@ fn partitions_of(
         }
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, i32)]) -> BTreeSet<(String, i32)> {
+        pairs.iter().map(|(t, p)| (t.to_string(), *p)).collect()
+    }
+
+    #[test]
+    fn first_sight_is_live_later_partitions_from_the_start() {
+        let topics = vec!["a".to_string(), "b".to_string()];
+        let mut assigned = HashSet::new();
+        let mut seen = HashSet::new();
+
+        // First round: a has two partitions, b does not exist yet.
+        let (new, missing) = plan(&topics, &set(&[("a", 0), ("a", 1)]), &assigned, &seen);
+        assert_eq!(new, vec![("a".into(), 0, false), ("a".into(), 1, false)]);
+        assert_eq!(missing, vec!["b".to_string()]);
+        for (t, p, _) in new {
+            seen.insert(t.clone());
+            assigned.insert((t, p));
+        }
+
+        // Next round: a grew a partition (read from its beginning), b appeared (live).
+        let found = set(&[("a", 0), ("a", 1), ("a", 2), ("b", 0)]);
+        let (new, missing) = plan(&topics, &found, &assigned, &seen);
+        assert_eq!(new, vec![("a".into(), 2, true), ("b".into(), 0, false)]);
+        assert!(missing.is_empty());
+    }
+
+    #[test]
+    fn a_vanished_topic_keeps_its_assignment_and_is_reported() {
+        let topics = vec!["a".to_string()];
+        let assigned: HashSet<_> = [("a".to_string(), 0)].into();
+        let seen: HashSet<_> = ["a".to_string()].into();
+        let (new, missing) = plan(&topics, &BTreeSet::new(), &assigned, &seen);
+        assert!(new.is_empty());
+        assert_eq!(missing, vec!["a".to_string()]);
+    }
 }

@@ -281,3 +281,64 @@ async fn a_stalled_client_is_cut_off_and_nobody_else_notices() {
     drop(stalled);
     gw.stop().await;
 }
+
+/// A partition that appears on a known topic is picked up and read from its beginning.
+/// tansu 0.6 has no CreatePartitions, so the topic is recreated with a second partition: to the
+/// gateway that is the same event (partition 1 of a topic it already reads appears).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_later_are_picked_up() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::producer::FutureRecord;
+
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    // A slow refresh, so the record below lands before the gateway sees partition 1: only
+    // reading a new partition from its beginning can deliver it.
+    let mut env = env_for(Some(&brokers), Some(&topic));
+    set(&mut env, "KAFKA_METADATA_REFRESH_SECS", "3");
+    let gw = TestGateway::start(env).await;
+    gw.wait_ready().await;
+    let mut client = connect(&gw.url(&token("grow"))).await;
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let deleted = admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .expect("delete topic");
+    assert!(
+        matches!(deleted.as_slice(), [Ok(_)]),
+        "topic deleted: {deleted:?}"
+    );
+    create_topic_named(&brokers, &topic, 2).await;
+
+    // Written to the new partition at once, before the gateway's next metadata refresh.
+    let producer = producer(&brokers);
+    let payload = task_event("grow", "task.created", json!({"in": "new partition"}));
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let sent = producer
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(1)
+                    .key("grow")
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await;
+        match sent {
+            Ok((partition, _)) => {
+                assert_eq!(partition, 1);
+                break;
+            }
+            // The producer may not know the new partition yet.
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err((e, _)) => panic!("produce to the new partition: {e}"),
+        }
+    }
+    assert_eq!(client.recv().await["task"]["in"], "new partition");
+    gw.stop().await;
+}
