@@ -13,6 +13,26 @@
 //! [`TaskEvent::from_json`] accepts both.
 //!
 //! The JSON Schema of the record value is `schemas/task-event.schema.json`.
+//!
+//! ```
+//! use task_events::TaskEvent;
+//!
+//! // What an existing producer writes straight to Kafka...
+//! let bare = TaskEvent::from_json(br#"{"event_type":"task.created","user_id":"42","task":{"id":7}}"#)?;
+//! assert_eq!((bare.user_id.as_str(), bare.task.get()), ("42", r#"{"id":7}"#));
+//!
+//! // ...and what a Dapr publisher writes: the same envelope as CloudEvent data.
+//! let wrapped = TaskEvent::from_json(
+//!     br#"{"specversion":"1.0","id":"ce-1","source":"tasks","type":"com.dapr.event.sent",
+//!          "data":{"event_type":"task.created","user_id":"42","task":{"id":7}}}"#,
+//! )?;
+//! assert_eq!(wrapped.id.as_deref(), Some("ce-1"));
+//!
+//! // A record that is not a task event says why.
+//! let err = TaskEvent::from_json(br#"{"event_type":"task.created","task":{}}"#).unwrap_err();
+//! assert_eq!(err.to_string(), "missing field `user_id`");
+//! # Ok::<(), task_events::DecodeError>(())
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -223,6 +223,10 @@ mod tests {
         assert!(r.register(&b).is_ok());
     }
 
+    fn delivery(queued: usize, overflowed: usize) -> Delivery {
+        Delivery { queued, overflowed }
+    }
+
     #[test]
     fn a_full_mailbox_kicks_only_its_session() {
         let r = Registry::new(10, 10, 2);
@@ -230,40 +234,16 @@ mod tests {
         let slow = r.register(&u).unwrap();
         let fast = r.register(&u).unwrap();
         let msg = || ByteString::from_static("m");
-        assert_eq!(
-            r.deliver("u", msg),
-            Delivery {
-                queued: 2,
-                overflowed: 0
-            }
-        );
+        assert_eq!(r.deliver("u", msg), delivery(2, 0));
         assert!(fast.pop().is_some());
-        assert_eq!(
-            r.deliver("u", msg),
-            Delivery {
-                queued: 2,
-                overflowed: 0
-            }
-        );
+        assert_eq!(r.deliver("u", msg), delivery(2, 0));
         assert!(fast.pop().is_some());
         // slow holds 2 (its capacity): the third overflows it, fast still gets it.
-        assert_eq!(
-            r.deliver("u", msg),
-            Delivery {
-                queued: 1,
-                overflowed: 1
-            }
-        );
+        assert_eq!(r.deliver("u", msg), delivery(1, 1));
         assert_eq!(slow.kicked(), Some(close::SLOW_CONSUMER));
         assert!(slow.pop().is_none(), "an overflowed queue is dropped, not kept");
         assert_eq!(fast.kicked(), None);
-        assert_eq!(
-            r.deliver("u", msg),
-            Delivery {
-                queued: 1,
-                overflowed: 0
-            }
-        );
+        assert_eq!(r.deliver("u", msg), delivery(1, 0));
     }
 
     #[test]

@@ -59,28 +59,6 @@ impl OwnBroker {
     }
 }
 
-async fn create_named_topic(brokers: &str, topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let result = admin
-            .create_topics(
-                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-                &AdminOptions::new(),
-            )
-            .await;
-        if matches!(result.as_deref(), Ok([Ok(_)])) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cannot create topic: {result:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn wait_not_ready(gw: &TestGateway) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -108,7 +86,7 @@ async fn broker_down_at_start_then_up() {
     let mut client = connect(&gw.url(&token("late"))).await;
 
     broker.start().await;
-    create_named_topic(&broker.addr(), &topic).await;
+    create_topic_named(&broker.addr(), &topic, 1).await;
     gw.wait_ready().await;
     let producer = producer(&broker.addr());
     produce(
@@ -131,7 +109,7 @@ async fn broker_restart_mid_way() {
     };
     broker.start().await;
     let topic = unique("restart");
-    create_named_topic(&broker.addr(), &topic).await;
+    create_topic_named(&broker.addr(), &topic, 1).await;
     let gw = TestGateway::start(env_for(Some(&broker.addr()), Some(&topic))).await;
     gw.wait_ready().await;
     let mut client = connect(&gw.url(&token("r"))).await;
@@ -154,7 +132,7 @@ async fn broker_restart_mid_way() {
     // This broker keeps its log in memory, so the restart lost the topic and its offsets: recreate
     // it and write one record for nobody first, so the next offsets continue where the gateway
     // stood (offset 1) as they would on a broker with durable storage.
-    create_named_topic(&broker.addr(), &topic).await;
+    create_topic_named(&broker.addr(), &topic, 1).await;
     gw.wait_ready().await;
     produce(
         &producer,

@@ -179,21 +179,33 @@ pub fn token_with(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
 
 pub async fn create_topic(brokers: &str, partitions: i32) -> String {
     let topic = unique("e2e");
+    create_topic_named(brokers, &topic, partitions).await;
+    topic
+}
+
+/// Creates `topic`, retrying while the broker is still coming up.
+pub async fn create_topic_named(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .expect("create topic");
-    for r in results {
-        r.expect("topic created");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let result = admin
+            .create_topics(
+                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await;
+        if matches!(result.as_deref(), Ok([Ok(_)])) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cannot create topic {topic}: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    topic
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
