@@ -39,6 +39,17 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_TOPICS", "kafka.topics"),
     ("KAFKA_METADATA_REFRESH_SECS", "kafka.metadata_refresh_secs"),
     ("KAFKA_CREATE_TOPICS", "kafka.create_topics"),
+    ("DAPR_SUBSCRIBE", "dapr.subscribe"),
+    ("DAPR_PUBSUB_NAME", "dapr.pubsub_name"),
+    ("DAPR_TOPIC", "dapr.topic"),
+    ("DAPR_ROUTE", "dapr.route"),
+    ("DAPR_DEAD_LETTER_TOPIC", "dapr.dead_letter_topic"),
+    ("DAPR_BULK_SUBSCRIBE", "dapr.bulk_subscribe"),
+    ("DAPR_BULK_MAX_MESSAGES", "dapr.bulk_max_messages"),
+    ("DAPR_BULK_MAX_AWAIT_MS", "dapr.bulk_max_await_ms"),
+    ("APP_API_TOKEN", "dapr.app_api_token"),
+    ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
+    ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
 ];
 
@@ -55,6 +66,8 @@ pub struct Settings {
     pub server: ServerSettings,
     pub auth: AuthSettings,
     pub kafka: KafkaSettings,
+    pub dapr: DaprSettings,
+    pub dedup: DedupSettings,
     pub log: LogSettings,
 }
 
@@ -125,6 +138,43 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
 }
 
+/// The Dapr pub/sub delivery path (`GET /dapr/subscribe`, `POST <route>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaprSettings {
+    /// Whether `/dapr/subscribe` offers the subscription. Off when the deployment declares it
+    /// with a Subscription resource instead: declaring both delivers twice.
+    pub subscribe: bool,
+    /// The pub/sub component's name.
+    pub pubsub_name: String,
+    /// The topic to subscribe to.
+    pub topic: String,
+    /// The path the sidecar delivers to.
+    pub route: String,
+    /// Where the sidecar sends events answered with DROP, when set.
+    pub dead_letter_topic: Option<String>,
+    /// Ask the sidecar for bulk deliveries.
+    pub bulk_subscribe: bool,
+    /// Most events in one bulk delivery.
+    pub bulk_max_messages: u32,
+    /// Longest the sidecar waits to fill a bulk delivery.
+    pub bulk_max_await_ms: u32,
+    /// The sidecar's app token (`dapr.io/app-token-secret`); when set, every Dapr-facing route
+    /// requires it in `dapr-api-token`.
+    pub app_api_token: Option<String>,
+}
+
+/// The window in which a repeated event id is delivered once (Kafka and Dapr both enabled, or a
+/// redelivery).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupSettings {
+    /// How long an id is remembered.
+    pub window_secs: u64,
+    /// Most ids remembered; the oldest are forgotten first beyond it.
+    pub capacity: usize,
+}
+
 /// Logging.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +201,15 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("kafka.topics", DefaultValue::List(&["task-updates"])),
     ("kafka.metadata_refresh_secs", DefaultValue::Int(10)),
     ("kafka.create_topics", DefaultValue::Bool(false)),
+    ("dapr.subscribe", DefaultValue::Bool(true)),
+    ("dapr.pubsub_name", DefaultValue::Str("taskpubsub")),
+    ("dapr.topic", DefaultValue::Str("task-updates")),
+    ("dapr.route", DefaultValue::Str("/task-updates")),
+    ("dapr.bulk_subscribe", DefaultValue::Bool(false)),
+    ("dapr.bulk_max_messages", DefaultValue::Int(100)),
+    ("dapr.bulk_max_await_ms", DefaultValue::Int(1000)),
+    ("dedup.window_secs", DefaultValue::Int(120)),
+    ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
 ];
 
@@ -270,6 +329,18 @@ impl Settings {
             if self.kafka.metadata_refresh_secs == 0 {
                 return fail("KAFKA_METADATA_REFRESH_SECS must be at least 1");
             }
+        }
+        let d = &self.dapr;
+        if !d.route.starts_with('/')
+            || ["/ws", "/health", "/ready", "/dapr/subscribe"].contains(&d.route.as_str())
+        {
+            return fail("DAPR_ROUTE must be a path starting with / and not one of the service's own routes");
+        }
+        if d.pubsub_name.is_empty() || d.topic.is_empty() {
+            return fail("DAPR_PUBSUB_NAME and DAPR_TOPIC must not be empty");
+        }
+        if self.dedup.window_secs == 0 || self.dedup.capacity == 0 {
+            return fail("DEDUP_WINDOW_SECS and DEDUP_CAPACITY must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return fail("LOG_FORMAT must be `text` or `json`");

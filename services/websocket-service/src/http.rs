@@ -1,4 +1,5 @@
-//! The HTTP server and its routes: `GET /ws`, `GET /health`, `GET /ready`.
+//! The HTTP server and its routes: `GET /ws`, `GET /health`, `GET /ready`, and the Dapr routes
+//! `GET /dapr/subscribe` and `POST <DAPR_ROUTE>`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,7 @@ use actix_web::dev::Server;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde_json::json;
 
+use crate::dapr;
 use crate::session::ws_route;
 use crate::AppState;
 
@@ -21,12 +23,19 @@ pub fn server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::
     // so a refused upgrade can still be answered with a close code.
     let per_worker_cap = (server.max_connections / workers + 1024).max(1024);
     let data = web::Data::from(state.clone());
+    let dapr_route = state.settings.dapr.route.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .route("/ws", web::get().to(ws_route))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
+            .route("/dapr/subscribe", web::get().to(dapr::subscribe))
+            .service(
+                web::resource(dapr_route.as_str())
+                    .app_data(web::PayloadConfig::new(dapr::MAX_BODY_BYTES))
+                    .route(web::post().to(dapr::deliver)),
+            )
     })
     .workers(workers)
     .max_connections(per_worker_cap)

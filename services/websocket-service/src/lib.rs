@@ -10,6 +10,8 @@
 //! - [`registry`]: user id -> open sessions, each with a bounded mailbox; connection limits.
 //! - [`router`]: decoded event -> message -> the user's mailboxes; shared by every source.
 //! - [`kafka`]: the direct Kafka source (every partition, no consumer group).
+//! - [`dapr`]: the Dapr pub/sub path: subscription discovery, delivery route, app token.
+//! - [`dedup`]: one event, one delivery, within a bounded window.
 //! - [`health`]: readiness of each source.
 //! - [`telemetry`]: logging and counters.
 //!
@@ -20,6 +22,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod dapr;
+pub mod dedup;
 pub mod health;
 pub mod http;
 pub mod kafka;
@@ -41,12 +45,13 @@ pub struct AppState {
     pub registry: Arc<registry::Registry>,
     pub stats: Arc<telemetry::Stats>,
     pub readiness: health::Readiness,
+    /// Where every source hands its events.
+    pub router: Arc<router::Router>,
 }
 
 /// A configured gateway, not yet serving.
 pub struct Gateway {
     state: Arc<AppState>,
-    router: Arc<router::Router>,
 }
 
 impl Gateway {
@@ -61,15 +66,20 @@ impl Gateway {
             settings.server.session_queue_capacity,
         ));
         let stats = Arc::new(telemetry::Stats::default());
-        let router = Arc::new(router::Router::new(registry.clone(), stats.clone()));
+        let dedup = dedup::Dedup::new(
+            std::time::Duration::from_secs(settings.dedup.window_secs),
+            settings.dedup.capacity,
+        );
+        let router = Arc::new(router::Router::new(registry.clone(), stats.clone(), dedup));
         let state = Arc::new(AppState {
             settings,
             auth,
             registry,
             stats,
             readiness,
+            router,
         });
-        Ok(Gateway { state, router })
+        Ok(Gateway { state })
     }
 
     /// Counters, for tests and the benchmark.
@@ -79,7 +89,7 @@ impl Gateway {
 
     /// The event router, so that tests and other sources can inject events.
     pub fn router(&self) -> Arc<router::Router> {
-        self.router.clone()
+        self.state.router.clone()
     }
 
     /// Serves on `listener` until `shutdown` is cancelled, then closes every session with 1001
@@ -94,7 +104,7 @@ impl Gateway {
         if settings.kafka_enabled() {
             tasks = kafka::start(
                 &settings.kafka,
-                self.router.clone(),
+                self.state.router.clone(),
                 self.state.readiness.clone(),
                 shutdown.clone(),
             )?;

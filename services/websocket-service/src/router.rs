@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use task_events::{DecodeError, TaskEvent};
 
+use crate::dedup::Dedup;
 use crate::protocol::{now_rfc3339, rfc3339, ServerMessage};
 use crate::registry::{Delivery, Registry};
 use crate::telemetry::Stats;
@@ -21,41 +22,83 @@ pub enum Origin<'a> {
         /// The record's timestamp, when it has one.
         timestamp_ms: Option<i64>,
     },
+    /// Delivered by a Dapr sidecar. For Kafka components it names the record in `__topic`,
+    /// `__partition`, `__offset` and `__timestamp` headers.
+    Dapr {
+        topic: Option<&'a str>,
+        partition: Option<i32>,
+        offset: Option<i64>,
+        timestamp_ms: Option<i64>,
+    },
 }
 
 impl Origin<'_> {
     /// A stable id for an event whose producer set none: the same record always gets the same
-    /// id, so clients (and a later de-duplication) can recognise a repeat.
-    fn fallback_id(&self) -> String {
-        match self {
+    /// id, whichever path it came by, so clients and the de-duplication recognise a repeat.
+    /// `None` when nothing names the record (a Dapr delivery from a non-Kafka component).
+    fn fallback_id(&self) -> Option<String> {
+        match *self {
             Origin::Kafka {
                 topic,
                 partition,
                 offset,
                 ..
-            } => format!("kafka:{topic}:{partition}:{offset}"),
+            }
+            | Origin::Dapr {
+                topic: Some(topic),
+                partition: Some(partition),
+                offset: Some(offset),
+                ..
+            } => Some(format!("kafka:{topic}:{partition}:{offset}")),
+            Origin::Dapr { .. } => None,
+        }
+    }
+
+    fn timestamp_ms(&self) -> Option<i64> {
+        match *self {
+            Origin::Kafka { timestamp_ms, .. } | Origin::Dapr { timestamp_ms, .. } => timestamp_ms,
         }
     }
 
     fn fallback_timestamp(&self) -> String {
-        match self {
-            Origin::Kafka {
-                timestamp_ms: Some(ms),
-                ..
-            } if *ms >= 0 => rfc3339(UNIX_EPOCH + Duration::from_millis(*ms as u64)),
-            Origin::Kafka { .. } => now_rfc3339(),
+        match self.timestamp_ms() {
+            Some(ms) if ms >= 0 => rfc3339(UNIX_EPOCH + Duration::from_millis(ms as u64)),
+            _ => now_rfc3339(),
         }
     }
+}
+
+impl std::fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Kafka { .. } => f.write_str("kafka"),
+            Origin::Dapr { .. } => f.write_str("dapr"),
+        }
+    }
+}
+
+/// What routing one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed {
+    /// Offered to the user's sessions on this instance (none is fine).
+    Delivered(Delivery),
+    /// Seen within the de-duplication window: not delivered again.
+    Duplicate,
 }
 
 pub struct Router {
     registry: Arc<Registry>,
     stats: Arc<Stats>,
+    dedup: Dedup,
 }
 
 impl Router {
-    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>) -> Self {
-        Router { registry, stats }
+    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, dedup: Dedup) -> Self {
+        Router {
+            registry,
+            stats,
+            dedup,
+        }
     }
 
     pub fn record_consumed(&self) {
@@ -64,28 +107,31 @@ impl Router {
 
     /// Decodes a record value and routes it. A malformed value is logged with where it came
     /// from, counted, and skipped.
-    pub fn route_bytes(&self, payload: &[u8], origin: Origin<'_>) -> Result<Delivery, DecodeError> {
+    pub fn route_bytes(&self, payload: &[u8], origin: Origin<'_>) -> Result<Routed, DecodeError> {
         match TaskEvent::from_json(payload) {
             Ok(event) => Ok(self.route(&event, origin)),
             Err(error) => {
-                let Origin::Kafka {
-                    topic,
-                    partition,
-                    offset,
-                    ..
-                } = origin;
-                self.stats.record_malformed(topic, partition, offset, &error);
+                self.stats.event_malformed(&origin, &error);
                 Err(error)
             }
         }
     }
 
-    /// Queues the event to every session of its user on this instance. For a user with no
-    /// session here this is one hash lookup: the message is not even built.
-    pub fn route(&self, event: &TaskEvent, origin: Origin<'_>) -> Delivery {
+    /// Queues the event to every session of its user on this instance, unless its id was seen
+    /// within the de-duplication window. For a user with no session here this costs the
+    /// de-duplication check and one hash lookup: the message is not even built.
+    pub fn route(&self, event: &TaskEvent, origin: Origin<'_>) -> Routed {
+        let id = match event.id.clone().or_else(|| origin.fallback_id()) {
+            Some(id) => id,
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        if !self.dedup.first_time(&id) {
+            self.stats.duplicates.fetch_add(1, Relaxed);
+            tracing::debug!(id, %origin, "duplicate event not delivered again");
+            return Routed::Duplicate;
+        }
         self.stats.events_routed.fetch_add(1, Relaxed);
-        self.registry.deliver(&event.user_id, || {
-            let id = event.id.clone().unwrap_or_else(|| origin.fallback_id());
+        Routed::Delivered(self.registry.deliver(&event.user_id, || {
             let timestamp = event
                 .occurred_at
                 .clone()
@@ -97,6 +143,6 @@ impl Router {
                 timestamp: &timestamp,
             }
             .to_text()
-        })
+        }))
     }
 }

@@ -40,10 +40,18 @@ pub struct Stats {
     pub messages_delivered: AtomicU64,
     /// Kafka records read.
     pub records_consumed: AtomicU64,
-    /// Kafka records skipped as not a task event.
+    /// Records or deliveries skipped as not a task event, from any source.
     pub records_malformed: AtomicU64,
     /// Events routed (decoded and offered to the registry), from any source.
     pub events_routed: AtomicU64,
+    /// Events not delivered again: their id was seen within the de-duplication window.
+    pub duplicates: AtomicU64,
+    /// Dapr deliveries answered SUCCESS (per event; a bulk delivery counts each entry).
+    pub dapr_success: AtomicU64,
+    /// Dapr deliveries answered DROP.
+    pub dapr_drop: AtomicU64,
+    /// Dapr requests refused for a missing or wrong app token.
+    pub dapr_unauthorized: AtomicU64,
 }
 
 impl Stats {
@@ -52,9 +60,27 @@ impl Stats {
         tracing::info!(reason = error.label(), peer, "websocket auth failed");
     }
 
-    pub fn record_malformed(&self, topic: &str, partition: i32, offset: i64, error: &dyn std::fmt::Display) {
+    /// A record or delivery that is not a task event: counted, logged with where it came from.
+    pub fn event_malformed(&self, origin: &crate::router::Origin<'_>, error: &dyn std::fmt::Display) {
         self.records_malformed.fetch_add(1, Relaxed);
-        tracing::warn!(topic, partition, offset, %error, "malformed kafka record skipped");
+        match *origin {
+            crate::router::Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => {
+                tracing::warn!(topic, partition, offset, %error, "malformed kafka record skipped")
+            }
+            crate::router::Origin::Dapr {
+                topic,
+                partition,
+                offset,
+                ..
+            } => {
+                tracing::warn!(topic, partition, offset, %error, "malformed dapr event dropped")
+            }
+        }
     }
 
     pub fn slow_client(&self, user_id: &str) {

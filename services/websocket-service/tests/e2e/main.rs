@@ -2,6 +2,7 @@
 //! WebSocket clients. One test binary, so the workspace builds it once.
 
 mod auth;
+mod dapr;
 mod delivery;
 mod faults;
 mod harness;

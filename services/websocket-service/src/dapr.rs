@@ -1,0 +1,200 @@
+//! The Dapr pub/sub path: the sidecar discovers the subscription at `GET /dapr/subscribe` and
+//! delivers events to `POST <DAPR_ROUTE>` (`shared/contracts/dapr.md`).
+//!
+//! The answers follow the sidecar's rules: `SUCCESS` once an event is routed (whether or not its
+//! user is connected here), `DROP` for what can never succeed. A bad event is never answered with
+//! an error status: the sidecar would retry it forever and block its partition. `RETRY` is never
+//! sent: routing only queues into bounded mailboxes and cannot fail for a passing reason.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, HttpRequest, HttpResponse};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{json, value::RawValue, Value};
+use subtle::ConstantTimeEq;
+
+use crate::router::{Origin, Routed};
+use crate::AppState;
+
+/// Largest delivery body read (a bulk delivery holds up to `DAPR_BULK_MAX_MESSAGES` events).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+const SUCCESS: &str = "SUCCESS";
+const DROP: &str = "DROP";
+
+/// `GET /dapr/subscribe`: the programmatic subscription, or `[]` when the deployment declares a
+/// Subscription resource instead (`DAPR_SUBSCRIBE=false`).
+pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = refuse_without_app_token(&req, &state) {
+        return refused;
+    }
+    let d = &state.settings.dapr;
+    if !d.subscribe {
+        return HttpResponse::Ok().json(json!([]));
+    }
+    let mut subscription = json!({
+        "pubsubname": d.pubsub_name,
+        "topic": d.topic,
+        // `route` for sidecars that predate `routes`; `routes.default` wins where both exist.
+        "route": d.route,
+        "routes": {"default": d.route},
+    });
+    if let Some(topic) = d.dead_letter_topic.as_deref().filter(|t| !t.is_empty()) {
+        subscription["deadLetterTopic"] = json!(topic);
+    }
+    if d.bulk_subscribe {
+        subscription["bulkSubscribe"] = json!({
+            "enabled": true,
+            "maxMessagesCount": d.bulk_max_messages,
+            "maxAwaitDurationMs": d.bulk_max_await_ms,
+        });
+    }
+    HttpResponse::Ok().json(json!([subscription]))
+}
+
+/// `POST <DAPR_ROUTE>`: one event (CloudEvent, raw payload, or a bare envelope), or a bulk
+/// delivery.
+pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = refuse_without_app_token(&req, &state) {
+        return refused;
+    }
+    let origin = origin_from(req.headers());
+    let Ok(probe) = serde_json::from_slice::<Probe<'_>>(&body) else {
+        state.stats.event_malformed(&origin, &"body is not a JSON object");
+        return status(&state, DROP);
+    };
+    if probe.kind.as_deref() == Some(BULK_TYPE) {
+        if let Some(entries) = probe.entries {
+            return bulk(&state, entries);
+        }
+    }
+    let answer = match probe.data_base64 {
+        // Raw payload: the record bytes themselves, base64-encoded.
+        Some(encoded) if probe.data.is_none() => route_raw(&state, &encoded, origin),
+        _ => route_json(&state, &body, origin),
+    };
+    status(&state, answer)
+}
+
+const BULK_TYPE: &str = "com.dapr.event.sent.bulk";
+
+/// The fields that tell the delivery's shape apart; everything else is read later.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    data_base64: Option<String>,
+    entries: Option<Vec<BulkEntry>>,
+}
+
+#[derive(Deserialize)]
+struct BulkEntry {
+    #[serde(rename = "entryId")]
+    entry_id: Option<String>,
+    /// A CloudEvent object, or (raw payload mode) the record bytes as a base64 string.
+    event: Option<Value>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+}
+
+fn bulk(state: &AppState, entries: Vec<BulkEntry>) -> HttpResponse {
+    let mut statuses = Vec::with_capacity(entries.len());
+    for entry in entries {
+        // An entry without an id cannot be answered; the sidecar retries what it gets no answer for.
+        let Some(entry_id) = entry.entry_id else { continue };
+        let origin = origin_from_metadata(&entry.metadata);
+        let answer = match &entry.event {
+            Some(Value::String(encoded)) => route_raw(state, encoded, origin),
+            Some(event @ Value::Object(_)) => route_json(state, event.to_string().as_bytes(), origin),
+            _ => {
+                state
+                    .stats
+                    .event_malformed(&origin, &"bulk entry without an event");
+                DROP
+            }
+        };
+        count(state, answer);
+        statuses.push(json!({"entryId": entry_id, "status": answer}));
+    }
+    HttpResponse::Ok().json(json!({"statuses": statuses}))
+}
+
+fn route_json(state: &AppState, bytes: &[u8], origin: Origin<'_>) -> &'static str {
+    match state.router.route_bytes(bytes, origin) {
+        Ok(Routed::Delivered(_) | Routed::Duplicate) => SUCCESS,
+        Err(_) => DROP,
+    }
+}
+
+fn route_raw(state: &AppState, encoded: &str, origin: Origin<'_>) -> &'static str {
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(bytes) => route_json(state, &bytes, origin),
+        Err(error) => {
+            state
+                .stats
+                .event_malformed(&origin, &format!("data_base64: {error}"));
+            DROP
+        }
+    }
+}
+
+fn status(state: &AppState, answer: &'static str) -> HttpResponse {
+    count(state, answer);
+    HttpResponse::Ok().json(json!({"status": answer}))
+}
+
+fn count(state: &AppState, answer: &str) {
+    let counter = if answer == SUCCESS {
+        &state.stats.dapr_success
+    } else {
+        &state.stats.dapr_drop
+    };
+    counter.fetch_add(1, Relaxed);
+}
+
+/// When `APP_API_TOKEN` is set, the request must carry it in `dapr-api-token` (compared in
+/// constant time). Returns the 401 to answer when it does not.
+fn refuse_without_app_token(req: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    let expected = state
+        .settings
+        .dapr
+        .app_api_token
+        .as_deref()
+        .filter(|t| !t.is_empty())?;
+    let given = req
+        .headers()
+        .get("dapr-api-token")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(expected.as_bytes())) {
+        return None;
+    }
+    state.stats.dapr_unauthorized.fetch_add(1, Relaxed);
+    tracing::warn!(path = req.path(), "dapr request refused: invalid app token");
+    Some(HttpResponse::Unauthorized().json(json!({"error": "invalid api token"})))
+}
+
+/// The sidecar names the Kafka record in `__topic`, `__partition`, `__offset` and `__timestamp`.
+fn origin_from(headers: &HeaderMap) -> Origin<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Origin::Dapr {
+        topic: get("__topic"),
+        partition: get("__partition").and_then(|v| v.parse().ok()),
+        offset: get("__offset").and_then(|v| v.parse().ok()),
+        timestamp_ms: get("__timestamp").and_then(|v| v.parse().ok()),
+    }
+}
+
+fn origin_from_metadata(metadata: &serde_json::Map<String, Value>) -> Origin<'_> {
+    let get = |name: &str| metadata.get(name).and_then(Value::as_str);
+    Origin::Dapr {
+        topic: get("__topic"),
+        partition: get("__partition").and_then(|v| v.parse().ok()),
+        offset: get("__offset").and_then(|v| v.parse().ok()),
+        timestamp_ms: get("__timestamp").and_then(|v| v.parse().ok()),
+    }
+}
