@@ -43,6 +43,51 @@ use serde_json::value::RawValue;
 /// The event types the task apps emit today. Others may come; they are carried as they are.
 pub const KNOWN_EVENT_TYPES: [&str; 4] = ["task.created", "task.updated", "task.deleted", "task.completed"];
 
+/// What happened to the task. The four the apps emit today have names; anything else is
+/// carried as [`EventType::Custom`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Created,
+    Updated,
+    Deleted,
+    Completed,
+    Custom(String),
+}
+
+impl EventType {
+    /// The wire name, e.g. `task.created`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventType::Created => "task.created",
+            EventType::Updated => "task.updated",
+            EventType::Deleted => "task.deleted",
+            EventType::Completed => "task.completed",
+            EventType::Custom(name) => name,
+        }
+    }
+}
+
+impl std::str::FromStr for EventType {
+    type Err = std::convert::Infallible;
+
+    /// Accepts the wire names and the short forms (`created`); anything else is custom.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "task.created" | "created" => EventType::Created,
+            "task.updated" | "updated" => EventType::Updated,
+            "task.deleted" | "deleted" => EventType::Deleted,
+            "task.completed" | "completed" => EventType::Completed,
+            other => EventType::Custom(other.to_string()),
+        })
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One task-update event, as producers write it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TaskEvent {
@@ -239,6 +284,20 @@ mod tests {
         assert!(
             wrong_type.to_string().contains("expected a string"),
             "{wrong_type}"
+        );
+    }
+
+    #[test]
+    fn event_types_round_trip() {
+        for name in KNOWN_EVENT_TYPES {
+            let t: EventType = name.parse().unwrap();
+            assert!(!matches!(t, EventType::Custom(_)), "{name}");
+            assert_eq!(t.as_str(), name);
+        }
+        assert_eq!("created".parse::<EventType>().unwrap(), EventType::Created);
+        assert_eq!(
+            "task.archived".parse::<EventType>().unwrap().as_str(),
+            "task.archived"
         );
     }
 

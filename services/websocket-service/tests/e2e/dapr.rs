@@ -298,3 +298,111 @@ async fn one_event_one_delivery_across_kafka_and_dapr() {
     assert_eq!(websocket_service::telemetry::Stats::get(&gw.stats.duplicates), 2);
     gw.stop().await;
 }
+
+/// Producer -> broker -> gateway -> WebSocket client, with the publisher crate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_to_kafka_to_websocket() {
+    use publisher::{new_event, EventType, KafkaPublisher};
+
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 3).await;
+    let gw = TestGateway::on_topic(&topic).await;
+    let mut client = connect(&gw.url(&token("pub-user"))).await;
+    let kafka = KafkaPublisher::new(&brokers, &topic, std::time::Duration::from_secs(20)).unwrap();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let event = new_event(EventType::Updated, "pub-user", json!({"n": n})).unwrap();
+        kafka.publish(&event).await.unwrap();
+        ids.push(event.id.unwrap());
+    }
+    for (n, id) in ids.iter().enumerate() {
+        let msg = client.recv().await;
+        assert_eq!(
+            (msg["task"]["n"].as_u64(), msg["id"].as_str()),
+            (Some(n as u64), Some(id.as_str()))
+        );
+        assert_eq!(msg["event"], "task.updated");
+    }
+    gw.stop().await;
+}
+
+/// Publisher in Dapr mode -> a stand-in sidecar that forwards to the gateway's route the way
+/// daprd does (CloudEvent around the published JSON, sidecar headers, app token) -> WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_through_a_sidecar_to_websocket() {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use publisher::{new_event, DaprPublisher, EventType};
+
+    let gw = dapr_gateway().await;
+    let mut client = connect(&gw.url(&token("sidecar-user"))).await;
+    let gateway_route = format!("http://{}/task-updates", gw.addr);
+
+    async fn publish(
+        req: HttpRequest,
+        path: web::Path<(String, String)>,
+        body: web::Bytes,
+        gateway_route: web::Data<String>,
+    ) -> HttpResponse {
+        let (pubsub, topic) = path.into_inner();
+        assert_eq!(req.headers().get("content-type").unwrap(), "application/json");
+        assert!(
+            req.query_string().starts_with("metadata.partitionKey="),
+            "{}",
+            req.query_string()
+        );
+        let data: Value = serde_json::from_slice(&body).unwrap();
+        let cloudevent = json!({
+            "id": uuid::Uuid::new_v4().to_string(), "specversion": "1.0", "source": "tasks-api",
+            "type": "com.dapr.event.sent", "datacontenttype": "application/json",
+            "topic": topic, "pubsubname": pubsub, "time": "2026-11-22T10:00:00Z", "data": data,
+        });
+        let answer: Value = reqwest::Client::new()
+            .post(gateway_route.get_ref())
+            .header("content-type", "application/cloudevents+json")
+            .header("dapr-api-token", TOKEN)
+            .header("pubsubname", pubsub)
+            .body(cloudevent.to_string())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer, json!({"status": "SUCCESS"}));
+        HttpResponse::NoContent().finish()
+    }
+    let route = web::Data::new(gateway_route);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sidecar_addr = listener.local_addr().unwrap();
+    let sidecar = HttpServer::new(move || {
+        App::new()
+            .app_data(route.clone())
+            .route("/v1.0/publish/{pubsub}/{topic}", web::post().to(publish))
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let sidecar_handle = sidecar.handle();
+    tokio::spawn(sidecar);
+
+    let dapr = DaprPublisher::new(
+        &format!("http://{sidecar_addr}"),
+        "taskpubsub",
+        "task-updates",
+        None,
+    )
+    .unwrap();
+    let event = new_event(EventType::Completed, "sidecar-user", json!({"id": 9})).unwrap();
+    dapr.publish(&event).await.unwrap();
+    let msg = client.recv().await;
+    assert_eq!(msg["event"], "task.completed");
+    assert_eq!(msg["task"], json!({"id": 9}));
+    assert_eq!(
+        msg["id"].as_str(),
+        event.id.as_deref(),
+        "the publisher's id survives the CloudEvent wrapping"
+    );
+    sidecar_handle.stop(true).await;
+    gw.stop().await;
+}
