@@ -345,10 +345,26 @@ async fn cli_prints_the_id_or_one_line_of_reason() {
         ],
         &[],
     );
+    let broker_down = cli(
+        &[
+            "--via",
+            "kafka",
+            "--user",
+            "42",
+            "--event",
+            "created",
+            "--task",
+            "{}",
+            "--timeout-secs",
+            "2",
+        ],
+        &[("KAFKA_BROKERS", format!("127.0.0.1:{closed}"))],
+    );
     for (out, want) in [
         (bad_json, "not valid JSON"),
         (no_sidecar, "dapr unavailable"),
         (no_brokers, "KAFKA_BROKERS"),
+        (broker_down, "kafka"),
     ] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());

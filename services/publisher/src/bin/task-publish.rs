@@ -79,6 +79,15 @@ async fn run(args: Args) -> Result<String, String> {
     match tokio::time::timeout(timeout, publisher.publish(&event)).await {
         Ok(Ok(())) => Ok(event.id.unwrap_or_default()),
         Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err(format!("timed out after {} s", timeout.as_secs())),
+        Err(_) => Err(match args.via {
+            Via::Kafka => format!(
+                "kafka: no broker acknowledged the event within {} s",
+                timeout.as_secs()
+            ),
+            Via::Dapr => format!(
+                "dapr: the sidecar did not accept the event within {} s",
+                timeout.as_secs()
+            ),
+        }),
     }
 }
