@@ -25,6 +25,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("SESSION_QUEUE_CAPACITY", "server.session_queue_capacity"),
     ("HEARTBEAT_INTERVAL_SECS", "server.heartbeat_interval_secs"),
     ("CLIENT_TIMEOUT_SECS", "server.client_timeout_secs"),
+    ("DRAIN_WINDOW_SECS", "server.drain_window_secs"),
+    ("SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("BETTER_AUTH_SECRET", "auth.jwt_secret"),
     ("JWT_SECRET", "auth.jwt_secret"),
     ("JWT_PUBLIC_KEY", "auth.jwt_public_key"),
@@ -93,6 +95,12 @@ pub struct ServerSettings {
     pub heartbeat_interval_secs: u64,
     /// A session that sends nothing (not even a pong) for this long is dropped as dead.
     pub client_timeout_secs: u64,
+    /// On SIGTERM, open sessions are closed with 1001 spread over this window, so the clients
+    /// reconnecting to other replicas do not arrive as one herd.
+    pub drain_window_secs: u64,
+    /// The process exits within this long after SIGTERM (keep it below the pod's
+    /// terminationGracePeriodSeconds).
+    pub shutdown_grace_secs: u64,
 }
 
 /// How tokens are verified. Exactly one of secret, public key and JWKS URL must be set.
@@ -194,6 +202,8 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.session_queue_capacity", DefaultValue::Int(256)),
     ("server.heartbeat_interval_secs", DefaultValue::Int(20)),
     ("server.client_timeout_secs", DefaultValue::Int(60)),
+    ("server.drain_window_secs", DefaultValue::Int(10)),
+    ("server.shutdown_grace_secs", DefaultValue::Int(20)),
     ("auth.leeway_secs", DefaultValue::Int(30)),
     ("auth.jwks_timeout_ms", DefaultValue::Int(5_000)),
     ("auth.jwks_min_refresh_secs", DefaultValue::Int(30)),
@@ -302,6 +312,9 @@ impl Settings {
             return fail(
                 "CLIENT_TIMEOUT_SECS must be greater than HEARTBEAT_INTERVAL_SECS, and both above 0",
             );
+        }
+        if s.drain_window_secs >= s.shutdown_grace_secs {
+            return fail("DRAIN_WINDOW_SECS must be shorter than SHUTDOWN_GRACE_SECS");
         }
         let a = &self.auth;
         let verifiers = [&a.jwt_secret, &a.jwt_public_key, &a.jwt_jwks_url]

@@ -6,8 +6,6 @@
 //! an error status: the sidecar would retry it forever and block its partition. `RETRY` is never
 //! sent: routing only queues into bounded mailboxes and cannot fail for a passing reason.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use actix_web::http::header::HeaderMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine as _;
@@ -148,12 +146,7 @@ fn status(state: &AppState, answer: &'static str) -> HttpResponse {
 }
 
 fn count(state: &AppState, answer: &str) {
-    let counter = if answer == SUCCESS {
-        &state.stats.dapr_success
-    } else {
-        &state.stats.dapr_drop
-    };
-    counter.fetch_add(1, Relaxed);
+    state.stats.dapr_answer(answer);
 }
 
 /// When `APP_API_TOKEN` is set, the request must carry it in `dapr-api-token` (compared in
@@ -173,7 +166,7 @@ fn refuse_without_app_token(req: &HttpRequest, state: &AppState) -> Option<HttpR
     if bool::from(given.ct_eq(expected.as_bytes())) {
         return None;
     }
-    state.stats.dapr_unauthorized.fetch_add(1, Relaxed);
+    state.stats.dapr_answer("UNAUTHORIZED");
     tracing::warn!(path = req.path(), "dapr request refused: invalid app token");
     Some(HttpResponse::Unauthorized().json(json!({"error": "invalid api token"})))
 }

@@ -30,6 +30,7 @@ pub fn server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::
             .route("/ws", web::get().to(ws_route))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
+            .route("/metrics", web::get().to(metrics))
             .route("/dapr/subscribe", web::get().to(dapr::subscribe))
             .service(
                 web::resource(dapr_route.as_str())
@@ -56,6 +57,18 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "status": "healthy",
         "connections": state.registry.connections(),
     }))
+}
+
+/// Prometheus metrics (OpenMetrics text).
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let body = state.stats.encode(
+        state.registry.connections(),
+        state.registry.users(),
+        state.readiness.problems().is_empty(),
+    );
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(body)
 }
 
 /// Readiness: 200 when every configured source works, else 503 with the reasons.

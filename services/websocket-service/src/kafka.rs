@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaSettings;
 use crate::health::Readiness;
 use crate::router::{Origin, Router};
+use crate::telemetry::{partition_labels, Stats};
 
 const SOURCE: &str = "kafka";
 
@@ -57,9 +58,11 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Receives librdkafka's global errors: "all brokers down" makes the source not ready at once.
+/// Receives librdkafka's global errors ("all brokers down" makes the source not ready at once)
+/// and its statistics, which carry each partition's consumer lag.
 struct Context {
     readiness: Readiness,
+    stats: Arc<Stats>,
 }
 
 impl ClientContext for Context {
@@ -69,6 +72,23 @@ impl ClientContext for Context {
                 .set_not_ready(SOURCE, format!("all brokers down: {reason}"));
         }
         tracing::warn!(%error, reason, "kafka client error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // librdkafka's own consumer_lag counts from the committed offset, which this
+                // consumer never has: the lag is the high watermark minus the next offset the
+                // application will read. Partition -1 is librdkafka's internal one.
+                if *partition >= 0 && p.hi_offset >= 0 && p.app_offset >= 0 {
+                    self.stats
+                        .metrics
+                        .kafka_lag
+                        .get_or_create(&partition_labels(topic, *partition))
+                        .set((p.hi_offset - p.app_offset).max(0));
+                }
+            }
+        }
     }
 }
 
@@ -80,12 +100,22 @@ type Gateway = StreamConsumer<Context>;
 pub fn start(
     settings: &KafkaSettings,
     router: Arc<Router>,
+    stats: Arc<Stats>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     readiness.set_not_ready(SOURCE, "connecting to brokers");
-    let consumer: Arc<Gateway> = Arc::new(client_config(settings).create_with_context(Context {
+    let mut config = client_config(settings);
+    // Lag comes from librdkafka's statistics; an operator's own interval wins.
+    if !settings.properties.contains_key("statistics.interval.ms") {
+        config.set(
+            "statistics.interval.ms",
+            (settings.metadata_refresh_secs * 1000).to_string(),
+        );
+    }
+    let consumer: Arc<Gateway> = Arc::new(config.create_with_context(Context {
         readiness: readiness.clone(),
+        stats,
     })?);
     let admin = if settings.create_topics {
         Some(client_config(settings).create::<AdminClient<DefaultClientContext>>()?)
@@ -121,7 +151,7 @@ async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: Cancella
                 continue;
             }
         };
-        router.record_consumed();
+        router.record_consumed(msg.topic(), msg.partition());
         let origin = Origin::Kafka {
             topic: msg.topic(),
             partition: msg.partition(),

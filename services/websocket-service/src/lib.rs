@@ -47,6 +47,8 @@ pub struct AppState {
     pub readiness: health::Readiness,
     /// Where every source hands its events.
     pub router: Arc<router::Router>,
+    /// Set on SIGTERM: new upgrades are refused with 503.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// A configured gateway, not yet serving.
@@ -78,6 +80,7 @@ impl Gateway {
             stats,
             readiness,
             router,
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(Gateway { state })
     }
@@ -92,8 +95,9 @@ impl Gateway {
         self.state.router.clone()
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled, then closes every session with 1001
-    /// and stops.
+    /// Serves on `listener` until `shutdown` is cancelled, then drains: `/ready` fails at once,
+    /// new upgrades are refused, open sessions are closed with 1001 spread over
+    /// `DRAIN_WINDOW_SECS`, and it returns within `SHUTDOWN_GRACE_SECS`.
     pub async fn run(
         self,
         listener: std::net::TcpListener,
@@ -101,12 +105,15 @@ impl Gateway {
     ) -> anyhow::Result<()> {
         let settings = &self.state.settings;
         let mut tasks = Vec::new();
+        // Sources keep feeding the sessions that are still open during the drain.
+        let sources = CancellationToken::new();
         if settings.kafka_enabled() {
             tasks = kafka::start(
                 &settings.kafka,
                 self.state.router.clone(),
+                self.state.stats.clone(),
                 self.state.readiness.clone(),
-                shutdown.clone(),
+                sources.clone(),
             )?;
         } else {
             tracing::info!("no KAFKA_BROKERS: direct Kafka source disabled");
@@ -115,13 +122,53 @@ impl Gateway {
         let handle = server.handle();
         let server = tokio::spawn(server);
         shutdown.cancelled().await;
-        tracing::info!("shutting down");
-        self.state.registry.kick_all(protocol::close::GOING_AWAY);
-        handle.stop(true).await;
-        let _ = server.await;
+        let grace = std::time::Duration::from_secs(settings.server.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + grace;
+        self.drain().await;
+        sources.cancel();
         for task in tasks {
-            let _ = task.await;
+            let _ = tokio::time::timeout_at(deadline, task).await;
         }
+        // Whatever is still open (a peer that never reads its close) is cut at the deadline.
+        if tokio::time::timeout_at(deadline, handle.stop(true))
+            .await
+            .is_err()
+        {
+            handle.stop(false).await;
+        }
+        let _ = server.await;
+        tracing::info!("stopped");
         Ok(())
+    }
+
+    /// Refuses new sessions and closes the open ones with 1001, in steps spread over the drain
+    /// window, then waits briefly for them to go.
+    async fn drain(&self) {
+        use std::sync::atomic::Ordering;
+        let state = &self.state;
+        state.draining.store(true, Ordering::SeqCst);
+        state
+            .readiness
+            .set_not_ready("shutdown", "draining: shutting down");
+        let window = std::time::Duration::from_secs(state.settings.server.drain_window_secs);
+        let sessions = state.registry.sessions();
+        tracing::info!(
+            sessions = sessions.len(),
+            window_secs = window.as_secs(),
+            "draining"
+        );
+        let steps = sessions.len().clamp(1, 20);
+        let per_step = sessions.len().div_ceil(steps).max(1);
+        let pause = window / steps as u32;
+        for batch in sessions.chunks(per_step) {
+            for mailbox in batch {
+                mailbox.kick(protocol::close::GOING_AWAY);
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while state.registry.connections() > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

@@ -36,19 +36,21 @@ impl Mailbox {
         }
     }
 
-    /// Queues a message; `false` when the queue was full (the session is then kicked).
-    fn push(&self, msg: ByteString) -> bool {
+    /// Queues a message. When the queue is full the session is kicked, and the error holds how
+    /// many messages were dropped (the queued ones and this one).
+    fn push(&self, msg: ByteString) -> Result<(), usize> {
         let mut queue = self.queue.lock().expect("mailbox lock");
         if queue.len() >= self.capacity {
+            let dropped = queue.len() + 1;
             queue.clear();
             drop(queue);
             self.kick(close::SLOW_CONSUMER);
-            return false;
+            return Err(dropped);
         }
         queue.push_back(msg);
         drop(queue);
         self.notify.notify_one();
-        true
+        Ok(())
     }
 
     /// Tells the session to close with `code`. The first kick wins.
@@ -108,6 +110,8 @@ pub struct Delivery {
     pub queued: usize,
     /// Sessions kicked because their queue was full.
     pub overflowed: usize,
+    /// Messages those sessions lost (their queues and this one).
+    pub dropped: usize,
 }
 
 /// All sessions of this instance, by user.
@@ -176,21 +180,21 @@ impl Registry {
             if mailbox.kicked().is_some() {
                 continue;
             }
-            if mailbox.push(msg.clone()) {
-                outcome.queued += 1;
-            } else {
-                outcome.overflowed += 1;
+            match mailbox.push(msg.clone()) {
+                Ok(()) => outcome.queued += 1,
+                Err(dropped) => {
+                    outcome.overflowed += 1;
+                    outcome.dropped += dropped;
+                }
             }
         }
         outcome
     }
 
-    /// Kicks every session with `code` (shutdown).
-    pub fn kick_all(&self, code: u16) {
+    /// Every open session's mailbox, to close them in steps (drain).
+    pub fn sessions(&self) -> Vec<Arc<Mailbox>> {
         let users = self.users.read().expect("registry lock");
-        for mailbox in users.values().flatten() {
-            mailbox.kick(code);
-        }
+        users.values().flatten().cloned().collect()
     }
 
     /// Open sessions.
@@ -224,7 +228,12 @@ mod tests {
     }
 
     fn delivery(queued: usize, overflowed: usize) -> Delivery {
-        Delivery { queued, overflowed }
+        // A queue of capacity 2 that overflows loses its 2 messages and the new one.
+        Delivery {
+            queued,
+            overflowed,
+            dropped: overflowed * 3,
+        }
     }
 
     #[test]

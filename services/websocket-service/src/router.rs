@@ -101,8 +101,8 @@ impl Router {
         }
     }
 
-    pub fn record_consumed(&self) {
-        self.stats.records_consumed.fetch_add(1, Relaxed);
+    pub fn record_consumed(&self, topic: &str, partition: i32) {
+        self.stats.kafka_record(topic, partition);
     }
 
     /// Decodes a record value and routes it. A malformed value is logged with where it came
@@ -126,16 +126,17 @@ impl Router {
             None => uuid::Uuid::now_v7().to_string(),
         };
         if !self.dedup.first_time(&id) {
-            self.stats.duplicates.fetch_add(1, Relaxed);
+            self.stats.duplicate();
             tracing::debug!(id, %origin, "duplicate event not delivered again");
             return Routed::Duplicate;
         }
         self.stats.events_routed.fetch_add(1, Relaxed);
-        Routed::Delivered(self.registry.deliver(&event.user_id, || {
-            let timestamp = event
-                .occurred_at
-                .clone()
-                .unwrap_or_else(|| origin.fallback_timestamp());
+        let timestamp = event
+            .occurred_at
+            .clone()
+            .unwrap_or_else(|| origin.fallback_timestamp());
+        self.stats.observe_latency(&timestamp);
+        let delivery = self.registry.deliver(&event.user_id, || {
             ServerMessage::TaskUpdate {
                 event: &event.event_type,
                 task: &event.task,
@@ -143,6 +144,11 @@ impl Router {
                 timestamp: &timestamp,
             }
             .to_text()
-        }))
+        });
+        if delivery.dropped > 0 {
+            self.stats
+                .messages_dropped("slow_consumer", delivery.dropped as u64);
+        }
+        Routed::Delivered(delivery)
     }
 }

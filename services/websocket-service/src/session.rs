@@ -26,6 +26,12 @@ pub async fn ws_route(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        state.stats.connection_rejected("draining");
+        return Ok(HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({"error": "shutting down"})));
+    }
     let token = token_from(&req);
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let identity = match token {
@@ -44,10 +50,10 @@ pub async fn ws_route(
     let mailbox = match state.registry.register(&identity.user_id) {
         Ok(mailbox) => mailbox,
         Err(limit) => {
-            state
-                .stats
-                .limit_rejections
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.stats.connection_rejected(match limit {
+                crate::registry::LimitHit::Total => "limit_total",
+                crate::registry::LimitHit::PerUser => "limit_per_user",
+            });
             tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
             close_now(session, limit.close_code(), &limit.to_string()).await;
             return Ok(response);
@@ -155,6 +161,10 @@ impl Connection {
             Err(_) => End::Gone,
         };
         self.state.registry.unregister(&self.user_id, &self.mailbox);
+        self.state.stats.session_closed(match &end {
+            End::Gone => "client_gone",
+            End::Close(code, _) => close_label(*code),
+        });
         if let End::Close(code, reason) = end {
             if code == close::SLOW_CONSUMER {
                 self.state.stats.slow_client(&self.user_id);
@@ -219,10 +229,7 @@ impl Connection {
                 return Some(End::Close(code, kick_reason(code).into()));
             }
             let msg = self.mailbox.pop()?;
-            self.state
-                .stats
-                .messages_delivered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.state.stats.message_delivered();
             if let Err(end) = self.send(msg).await {
                 return Some(end);
             }
@@ -305,10 +312,26 @@ fn protocol_error(error: ProtocolError) -> End {
         ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
             End::Close(close::MESSAGE_TOO_BIG, "message too large".into())
         }
+        // The connection broke (reset, EOF without a close frame): nobody to answer.
+        ProtocolError::Io(_) => End::Gone,
         other => {
             tracing::debug!(error = %other, "websocket protocol error");
             End::Close(1002, "protocol error".into())
         }
+    }
+}
+
+/// The `reason` label of a session closed with `code`.
+fn close_label(code: u16) -> &'static str {
+    match code {
+        1000 => "client_closed",
+        close::GOING_AWAY => "shutdown",
+        close::UNSUPPORTED_DATA => "binary_frame",
+        close::MESSAGE_TOO_BIG => "message_too_big",
+        close::IDLE_TIMEOUT => "idle_timeout",
+        close::UNAUTHORIZED => "token_expired",
+        close::SLOW_CONSUMER => "slow_consumer",
+        _ => "protocol_error",
     }
 }
 

@@ -1,10 +1,17 @@
-//! Logging set-up and the service's counters.
+//! Logging set-up, the service's counters, and the Prometheus metrics served at `/metrics`.
 //!
-//! Each noteworthy event has one method here that logs it and counts it together, so the log and
-//! the figure never drift apart.
+//! Each noteworthy event has one method here that logs it, counts it and updates its metric
+//! together, so the log and the figure never drift apart.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::auth::AuthError;
@@ -25,9 +32,152 @@ pub fn init_logging(format: &str) {
     let _ = result;
 }
 
-/// Counters since start. Read by tests and the benchmark; exported by `/metrics` later.
-#[derive(Default, Debug)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+/// The exported metrics (Prometheus conventions: base units, `_total` on counters, which the
+/// encoder appends).
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: Gauge,
+    pub connected_users: Gauge,
+    pub ready: Gauge,
+    pub sessions_closed: Family<ReasonLabels, Counter>,
+    pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub messages_delivered: Counter,
+    pub messages_dropped: Family<ReasonLabels, Counter>,
+    pub slow_client_disconnects: Counter,
+    pub kafka_consumed: Family<PartitionLabels, Counter>,
+    pub kafka_malformed: Family<PartitionLabels, Counter>,
+    pub kafka_lag: Family<PartitionLabels, Gauge>,
+    pub dapr_deliveries: Family<StatusLabels, Counter>,
+    pub auth_failures: Family<ReasonLabels, Counter>,
+    pub delivery_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Registry::with_prefix("gateway"),
+            connections: Gauge::default(),
+            connected_users: Gauge::default(),
+            ready: Gauge::default(),
+            sessions_closed: Family::default(),
+            connections_rejected: Family::default(),
+            messages_delivered: Counter::default(),
+            messages_dropped: Family::default(),
+            slow_client_disconnects: Counter::default(),
+            kafka_consumed: Family::default(),
+            kafka_malformed: Family::default(),
+            kafka_lag: Family::default(),
+            dapr_deliveries: Family::default(),
+            auth_failures: Family::default(),
+            // 1 ms .. ~16 s.
+            delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        };
+        let mut m = m;
+        let r = &mut m.registry;
+        r.register("connections", "Open WebSocket sessions", m.connections.clone());
+        r.register(
+            "connected_users",
+            "Users with at least one open session",
+            m.connected_users.clone(),
+        );
+        r.register(
+            "ready",
+            "1 when every configured source works (what /ready answers)",
+            m.ready.clone(),
+        );
+        r.register(
+            "sessions_closed",
+            "Sessions closed, by reason",
+            m.sessions_closed.clone(),
+        );
+        r.register(
+            "connections_rejected",
+            "Upgrades refused by a limit or a drain, by reason",
+            m.connections_rejected.clone(),
+        );
+        r.register(
+            "messages_delivered",
+            "Messages written to sessions",
+            m.messages_delivered.clone(),
+        );
+        r.register(
+            "messages_dropped",
+            "Messages not delivered, by reason",
+            m.messages_dropped.clone(),
+        );
+        r.register(
+            "slow_client_disconnects",
+            "Sessions closed because their outbound queue filled",
+            m.slow_client_disconnects.clone(),
+        );
+        r.register(
+            "kafka_records_consumed",
+            "Kafka records read",
+            m.kafka_consumed.clone(),
+        );
+        r.register(
+            "kafka_records_malformed",
+            "Kafka records skipped as not a task event",
+            m.kafka_malformed.clone(),
+        );
+        r.register(
+            "kafka_consumer_lag",
+            "Records behind the partition's high watermark",
+            m.kafka_lag.clone(),
+        );
+        r.register(
+            "dapr_deliveries",
+            "Dapr deliveries, by answer",
+            m.dapr_deliveries.clone(),
+        );
+        r.register(
+            "auth_failures",
+            "Upgrades refused for a bad token, by reason",
+            m.auth_failures.clone(),
+        );
+        r.register_with_unit(
+            "delivery_latency",
+            "From the event's timestamp to its hand-off to the sessions' queues",
+            prometheus_client::registry::Unit::Seconds,
+            m.delivery_latency.clone(),
+        );
+        m
+    }
+}
+
+pub fn partition_labels(topic: &str, partition: i32) -> PartitionLabels {
+    PartitionLabels {
+        topic: topic.to_string(),
+        partition: partition.to_string(),
+    }
+}
+
+pub fn reason(reason: &str) -> ReasonLabels {
+    ReasonLabels {
+        reason: reason.to_string(),
+    }
+}
+
+/// Counters since start, read by tests and the benchmark, and the exported metrics.
+#[derive(Default)]
 pub struct Stats {
+    pub metrics: Metrics,
     /// Sessions accepted (authenticated and admitted).
     pub sessions_opened: AtomicU64,
     /// Upgrades refused for a bad token (closed with 4001).
@@ -57,6 +207,10 @@ pub struct Stats {
 impl Stats {
     pub fn auth_failed(&self, error: &AuthError, peer: Option<&str>) {
         self.auth_failures.fetch_add(1, Relaxed);
+        self.metrics
+            .auth_failures
+            .get_or_create(&reason(error.label()))
+            .inc();
         tracing::info!(reason = error.label(), peer, "websocket auth failed");
     }
 
@@ -70,6 +224,10 @@ impl Stats {
                 offset,
                 ..
             } => {
+                self.metrics
+                    .kafka_malformed
+                    .get_or_create(&partition_labels(topic, partition))
+                    .inc();
                 tracing::warn!(topic, partition, offset, %error, "malformed kafka record skipped")
             }
             crate::router::Origin::Dapr {
@@ -85,7 +243,83 @@ impl Stats {
 
     pub fn slow_client(&self, user_id: &str) {
         self.slow_client_disconnects.fetch_add(1, Relaxed);
+        self.metrics.slow_client_disconnects.inc();
         tracing::warn!(user_id, "slow client disconnected: outbound queue full");
+    }
+
+    pub fn kafka_record(&self, topic: &str, partition: i32) {
+        self.records_consumed.fetch_add(1, Relaxed);
+        self.metrics
+            .kafka_consumed
+            .get_or_create(&partition_labels(topic, partition))
+            .inc();
+    }
+
+    pub fn session_closed(&self, why: &str) {
+        self.metrics.sessions_closed.get_or_create(&reason(why)).inc();
+    }
+
+    pub fn connection_rejected(&self, why: &str) {
+        self.limit_rejections.fetch_add(1, Relaxed);
+        self.metrics
+            .connections_rejected
+            .get_or_create(&reason(why))
+            .inc();
+    }
+
+    pub fn message_delivered(&self) {
+        self.messages_delivered.fetch_add(1, Relaxed);
+        self.metrics.messages_delivered.inc();
+    }
+
+    pub fn messages_dropped(&self, why: &str, count: u64) {
+        self.metrics
+            .messages_dropped
+            .get_or_create(&reason(why))
+            .inc_by(count);
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.fetch_add(1, Relaxed);
+        self.messages_dropped("duplicate", 1);
+    }
+
+    pub fn dapr_answer(&self, status: &str) {
+        match status {
+            "SUCCESS" => self.dapr_success.fetch_add(1, Relaxed),
+            "DROP" => self.dapr_drop.fetch_add(1, Relaxed),
+            _ => self.dapr_unauthorized.fetch_add(1, Relaxed),
+        };
+        self.metrics
+            .dapr_deliveries
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    /// Publish-to-deliver: from the event's own timestamp (RFC 3339) to now.
+    pub fn observe_latency(&self, timestamp: &str) {
+        let Ok(at) = humantime::parse_rfc3339_weak(timestamp) else {
+            return;
+        };
+        if let Ok(age) = SystemTime::now().duration_since(at) {
+            // An event older than a day is a replay or a bad clock, not latency.
+            if age < Duration::from_secs(86_400) {
+                self.metrics.delivery_latency.observe(age.as_secs_f64());
+            }
+        }
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self, connections: usize, users: usize, ready: bool) -> String {
+        self.metrics.connections.set(connections as i64);
+        self.metrics.connected_users.set(users as i64);
+        self.metrics.ready.set(i64::from(ready));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);
+        out
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -4,6 +4,7 @@
 mod auth;
 mod dapr;
 mod delivery;
+mod drain;
 mod faults;
 mod harness;
 mod protocol;

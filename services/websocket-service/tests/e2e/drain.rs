@@ -1,0 +1,177 @@
+//! Graceful drain and metrics, against the real binary: SIGTERM makes `/ready` fail at once,
+//! refuses new upgrades, closes open sessions with 1001 spread over the window, and the process
+//! exits 0 within the grace period.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::harness::*;
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_sessions_over_the_window_and_exits_0() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_websocket-service"))
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("JWT_SECRET", SECRET)
+            .env("DRAIN_WINDOW_SECS", "2")
+            .env("SHUTDOWN_GRACE_SECS", "6")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + WAIT;
+    while http.get(format!("http://{base}/ready")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        clients.push(connect(&format!("ws://{base}/ws?token={}", token(&format!("d{i}")))).await);
+    }
+
+    let term = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Not ready at once, and new upgrades refused.
+    let mut refused_ready = false;
+    while term.elapsed() < Duration::from_millis(500) {
+        let status = http
+            .get(format!("http://{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 503 {
+            refused_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused_ready, "/ready answers 503 within 500 ms of SIGTERM");
+    match tokio_tungstenite::connect_async(format!("ws://{base}/ws?token={}", token("late"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a new upgrade during the drain must be refused, got {other:?}"),
+    }
+
+    // Every session closed with 1001, spread over the window rather than all at once.
+    let closes = clients.into_iter().map(|mut c| async move {
+        wait_close(&mut c.ws, 1001).await;
+        term.elapsed()
+    });
+    let mut times = futures_util::future::join_all(closes).await;
+    times.sort();
+    let spread = *times.last().unwrap() - times[0];
+    assert!(
+        spread >= Duration::from_millis(1000),
+        "closes spread over the 2 s window: {times:?}"
+    );
+    assert!(*times.last().unwrap() < Duration::from_secs(4), "{times:?}");
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                return (status, started);
+            }
+            assert!(
+                term.elapsed() < Duration::from_secs(7),
+                "process still running after the grace period"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0.code(), Some(0), "exits 0");
+}
+
+/// `/metrics` reports what happened, under the Prometheus names operators alert on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_sessions_events_and_failures() {
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let mut env = env_for(Some(&brokers), Some(&topic));
+    set(&mut env, "RDKAFKA_STATISTICS_INTERVAL_MS", "200");
+    let gw = TestGateway::start(env).await;
+    gw.wait_ready().await;
+    let mut client = connect(&gw.url(&token("m1"))).await;
+    expect_close(&gw.url("not-a-token"), 4001).await;
+    let producer = producer(&brokers);
+    produce(
+        &producer,
+        &topic,
+        "m1",
+        &task_event("m1", "task.created", json!({"n": 1})),
+    )
+    .await;
+    produce(&producer, &topic, "m1", b"garbage").await;
+    produce(
+        &producer,
+        &topic,
+        "m1",
+        &task_event("m1", "task.created", json!({"n": 2})),
+    )
+    .await;
+    assert_eq!(client.recv().await["task"]["n"], 1);
+    assert_eq!(client.recv().await["task"]["n"], 2);
+    tokio::time::sleep(Duration::from_millis(600)).await; // one statistics interval for the lag
+
+    let text = reqwest::get(format!("http://{}/metrics", gw.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let partition = format!("topic=\"{topic}\",partition=\"0\"");
+    for want in [
+        "gateway_connections 1".to_string(),
+        "gateway_connected_users 1".to_string(),
+        "gateway_ready 1".to_string(),
+        "gateway_messages_delivered_total 2".to_string(),
+        "gateway_auth_failures_total{reason=\"malformed\"} 1".to_string(),
+        format!("gateway_kafka_records_consumed_total{{{partition}}} 3"),
+        format!("gateway_kafka_records_malformed_total{{{partition}}} 1"),
+        format!("gateway_kafka_consumer_lag{{{partition}}} 0"),
+        "gateway_delivery_latency_seconds_count 2".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == want), "missing `{want}` in:\n{text}");
+    }
+    drop(client);
+    gw.wait_connections(0).await;
+    let text = reqwest::get(format!("http://{}/metrics", gw.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("gateway_sessions_closed_total{reason=\"client_closed\"} 1")
+            || text.contains("gateway_sessions_closed_total{reason=\"client_gone\"} 1"),
+        "{text}"
+    );
+    gw.stop().await;
+}
