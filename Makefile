@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint bench fmt broker clean
+.PHONY: help run test lint bench fmt broker clean check-deploy
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -14,6 +14,10 @@ run: ## Run the gateway locally against a throwaway tansu broker
 
 test: ## Run unit, integration and doc tests against a throwaway tansu broker
 	RUST_BACKTRACE=1 scripts/with-broker.sh scripts/test.sh
+
+check-deploy: ## Validate Dockerfile (hadolint), docker-compose.yml (Compose), k8s/ and Dapr resources offline
+	scripts/check-deploy-image.sh
+	scripts/check-k8s.sh
 
 lint: ## Check formatting and run clippy with warnings as errors
 	cargo fmt --all -- --check

@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""Static checks of k8s/, dapr-components/ and deploy/grafana/ (run by scripts/check-k8s.sh).
+
+- every file listed in k8s/kustomization.yaml exists;
+- every Kubernetes resource under k8s/ validates against the Kubernetes JSON schemas of a fixed
+  version in strict mode (kubernetes-validate); an unknown kind/apiVersion is an error;
+- every dapr.io resource under k8s/ and dapr-components/ (recursively) validates against
+  scripts/dapr-schemas/;
+- no Secret under k8s/ holds anything but REPLACE_ME placeholders;
+- the manifests agree with each other (names, ports, secrets, shutdown timing, subscription mode);
+- the output of `kustomize build k8s/` (when given) validates too and is namespaced, labelled
+  and tagged;
+- the Grafana dashboard is valid JSON and queries every gateway metric.
+
+Prints one line per checked file (and per cross-check), exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+from referencing import Registry, Resource
+
+import kubernetes_validate.utils as kv
+
+APP = "websocket-service"
+PLACEHOLDER = re.compile(r"^REPLACE_ME([_-][A-Za-z0-9_-]*)?$")
+SENSITIVE_NAME = re.compile(r"password|secret|token", re.IGNORECASE)
+# Kinds that are cluster-scoped, so kustomize gives them no namespace.
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
+                  "StorageClass", "CustomResourceDefinition", "PersistentVolume"}
+DASHBOARD_METRICS = [
+    "gateway_connections", "gateway_connected_users", "gateway_sessions_closed_total",
+    "gateway_messages_delivered_total", "gateway_messages_dropped_total",
+    "gateway_slow_client_disconnects_total", "gateway_kafka_records_consumed_total",
+    "gateway_kafka_records_malformed_total", "gateway_kafka_consumer_lag",
+    "gateway_dapr_deliveries_total", "gateway_auth_failures_total",
+    "gateway_delivery_latency_seconds_bucket", "gateway_ready",
+]
+
+
+class Report:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.failures = 0
+        self.checked = 0
+
+    def rel(self, path: Path | str) -> str:
+        p = Path(path)
+        try:
+            return str(p.resolve().relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+    def ok(self, what: str, detail: str) -> None:
+        self.checked += 1
+        print(f"ok    {what}: {detail}")
+
+    def fail(self, what: str, problems: Iterable[str]) -> None:
+        self.checked += 1
+        self.failures += 1
+        problems = list(problems)
+        print(f"FAIL  {what}: {problems[0]}")
+        for p in problems[1:]:
+            print(f"      {what}: {p}")
+
+    def result(self, what: str, problems: list[str], detail: str) -> None:
+        if problems:
+            self.fail(what, problems)
+        else:
+            self.ok(what, detail)
+
+
+def load_docs(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    for i, d in enumerate(docs):
+        if not isinstance(d, dict):
+            raise ValueError(f"document {i + 1} is a {type(d).__name__}, not a mapping")
+    return docs
+
+
+def name_of(doc: dict) -> str:
+    meta = doc.get("metadata") or {}
+    return f"{doc.get('kind', '?')}/{meta.get('name', '?') if isinstance(meta, dict) else '?'}"
+
+
+def error_path(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "(top)"
+
+
+# ---------------------------------------------------------------------------------------------
+# validators
+
+class DaprValidator:
+    """JSON Schemas from scripts/dapr-schemas/, keyed by (apiVersion, kind)."""
+
+    def __init__(self, schema_dir: Path) -> None:
+        resources = []
+        self.by_kind: dict[tuple[str, str], dict] = {}
+        for path in sorted(schema_dir.glob("*.json")):
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            jsonschema.Draft202012Validator.check_schema(schema)
+            resources.append((schema["$id"], Resource.from_contents(schema)))
+            props = schema.get("properties", {})
+            api, kind = props.get("apiVersion", {}).get("const"), props.get("kind", {}).get("const")
+            if api and kind:
+                self.by_kind[(api, kind)] = schema
+        self.registry = Registry().with_resources(resources)
+        if not self.by_kind:
+            raise SystemExit(f"no Dapr schemas found in {schema_dir}")
+
+    def validate(self, doc: dict) -> list[str]:
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        schema = self.by_kind.get(key)
+        if schema is None:
+            known = ", ".join(f"{a} {k}" for a, k in sorted(self.by_kind))
+            return [f"{name_of(doc)}: no schema for {key[0]} {key[1]} in scripts/dapr-schemas/ "
+                    f"(known: {known})"]
+        validator = jsonschema.Draft202012Validator(schema, registry=self.registry)
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+        problems = [f"{name_of(doc)}: {error_path(e)}: {e.message}" for e in errors]
+        return problems + dapr_semantics(doc)
+
+
+def dapr_semantics(doc: dict) -> list[str]:
+    """What the schemas cannot express."""
+    problems = []
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    what = name_of(doc)
+    if kind == "Component":
+        items = spec.get("metadata") or []
+        names = [i.get("name") for i in items if isinstance(i, dict)]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            problems.append(f"{what}: metadata names repeated: {', '.join(dupes)}")
+        for item in items:
+            if (isinstance(item, dict) and SENSITIVE_NAME.search(str(item.get("name", "")))
+                    and item.get("value") not in (None, "")):
+                problems.append(f"{what}: metadata {item['name']} has an inline value; "
+                                "use secretKeyRef")
+        if spec.get("type") == "pubsub.kafka":
+            # contract section 7: every replica must see every event.
+            if "consumerGroup" in names:
+                problems.append(f"{what}: pubsub.kafka sets consumerGroup, which wins over "
+                                "consumerID and makes replicas share one group (events split "
+                                "between pods); remove it")
+            if "consumerID" not in names:
+                problems.append(f"{what}: pubsub.kafka needs consumerID (e.g. \"{{podName}}\") "
+                                "so each replica has its own consumer group")
+    if kind == "Resiliency":
+        policies = spec.get("policies") or {}
+        defined = {
+            "timeout": set((policies.get("timeouts") or {}).keys()),
+            "retry": set((policies.get("retries") or {}).keys()),
+            "circuitBreaker": set((policies.get("circuitBreakers") or {}).keys()),
+        }
+        targets = spec.get("targets") or {}
+        refs: list[tuple[str, dict]] = []
+        for group in ("apps", "actors"):
+            for name, t in (targets.get(group) or {}).items():
+                refs.append((f"targets.{group}.{name}", t or {}))
+        for name, t in (targets.get("components") or {}).items():
+            for direction, r in (t or {}).items():
+                refs.append((f"targets.components.{name}.{direction}", r or {}))
+        for where, r in refs:
+            for field, names in defined.items():
+                ref = r.get(field) if isinstance(r, dict) else None
+                if ref is not None and ref not in names:
+                    problems.append(f"{what}: {where}.{field} names undefined policy {ref!r}")
+    return problems
+
+
+class KubeValidator:
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.label = f"k8s {version} strict"
+        if version not in kv.all_versions() and f"{version}.0" not in kv.all_versions():
+            raise SystemExit(f"kubernetes-validate ships no schemas for {version} "
+                             f"(has {kv.all_versions()[0]}..{kv.latest_version()})")
+
+    def validate(self, doc: dict) -> list[str]:
+        if not doc.get("apiVersion") or not doc.get("kind"):
+            return [f"document without apiVersion/kind: {str(doc)[:80]}"]
+        try:
+            kv.validate(doc, self.version, strict=True)
+        except kv.ValidationError as e:
+            return [f"{name_of(doc)}: {error_path(e)}: {e.message}"]
+        except kv.SchemaNotFoundError as e:
+            return [f"{name_of(doc)}: {e.message} (unknown kind or apiVersion)"]
+        return []
+
+
+class Checker:
+    def __init__(self, report: Report, kube: KubeValidator, dapr: DaprValidator) -> None:
+        self.r, self.kube, self.dapr = report, kube, dapr
+
+    def validate_doc(self, doc: dict) -> list[str]:
+        if str(doc.get("apiVersion", "")).startswith("dapr.io/"):
+            return self.dapr.validate(doc)
+        return self.kube.validate(doc)
+
+    def check_file(self, path: Path, note: str = "", dapr_only: bool = False) -> list[dict]:
+        what = self.r.rel(path)
+        try:
+            docs = load_docs(path)
+        except (yaml.YAMLError, ValueError, OSError) as e:
+            self.r.fail(what, [f"cannot parse: {e}".replace("\n", " ")])
+            return []
+        problems, names, skipped = [], [], 0
+        for doc in docs:
+            is_dapr = str(doc.get("apiVersion", "")).startswith("dapr.io/")
+            if dapr_only and not is_dapr:
+                skipped += 1
+                continue
+            problems += self.validate_doc(doc)
+            names.append(f"{name_of(doc)} [{'dapr schema' if is_dapr else self.kube.label}]")
+        if not names and not problems:
+            print(f"skip  {what}: no Dapr resource in it")
+            return docs
+        detail = ", ".join(names) + note
+        if skipped:
+            detail += f"; {skipped} non-Dapr document(s) not checked here"
+        self.r.result(what, problems, detail)
+        return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# k8s/ checks
+
+def secret_values(doc: dict) -> Iterable[tuple[str, str]]:
+    """(where, plain value) of every value in a Secret."""
+    for key, value in (doc.get("stringData") or {}).items():
+        yield f"stringData.{key}", "" if value is None else str(value)
+    for key, value in (doc.get("data") or {}).items():
+        try:
+            plain = base64.b64decode(str(value), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            plain = "<not base64 of UTF-8 text>"
+        yield f"data.{key}", plain
+
+
+def check_no_real_secrets(r: Report, k8s: Path, kustomization: dict) -> None:
+    problems, secrets = [], 0
+    for path in sorted(k8s.rglob("*")):
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            continue
+        try:
+            docs = load_docs(path)
+        except (yaml.YAMLError, ValueError):
+            continue  # reported by the file's own check
+        for doc in docs:
+            if doc.get("kind") != "Secret":
+                continue
+            secrets += 1
+            for where, plain in secret_values(doc):
+                if not PLACEHOLDER.match(plain):
+                    problems.append(f"{r.rel(path)}: {name_of(doc)} {where} is not a REPLACE_ME "
+                                    "placeholder; real secrets never go into the repository")
+    for gen in kustomization.get("secretGenerator") or []:
+        secrets += 1
+        for lit in gen.get("literals") or []:
+            value = str(lit).split("=", 1)[1] if "=" in str(lit) else ""
+            if not PLACEHOLDER.match(value):
+                problems.append(f"kustomization secretGenerator {gen.get('name')}: literal "
+                                f"{str(lit).split('=', 1)[0]} is not a REPLACE_ME placeholder")
+        if gen.get("files") or gen.get("envs"):
+            problems.append(f"kustomization secretGenerator {gen.get('name')}: files/envs would "
+                            "read secrets from the repository")
+    r.result("k8s/ secrets", problems, f"{secrets} Secret(s), placeholders only")
+
+
+def first(docs: list[dict], kind: str) -> dict | None:
+    return next((d for d in docs if d.get("kind") == kind), None)
+
+
+def check_consistency(r: Report, listed: list[dict], example_secrets: list[dict]) -> None:
+    """The listed manifests agree with each other and with secret.example.yaml."""
+    problems: list[str] = []
+    dep = first(listed, "Deployment")
+    if dep is None:
+        r.fail("k8s/ consistency", ["no Deployment among the kustomization's resources"])
+        return
+    dep_name = dep["metadata"]["name"]
+    tmpl = dep["spec"]["template"]
+    pod, ann = tmpl["spec"], tmpl["metadata"].get("annotations") or {}
+    pod_labels = tmpl["metadata"].get("labels") or {}
+    container = next((c for c in pod["containers"] if c["name"] == APP), pod["containers"][0])
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+
+    configmaps = {d["metadata"]["name"]: d.get("data") or {}
+                  for d in listed if d.get("kind") == "ConfigMap"}
+    config: dict[str, str] = {}
+    for src in container.get("envFrom") or []:
+        ref = (src.get("configMapRef") or {}).get("name")
+        if ref is not None:
+            if ref not in configmaps:
+                problems.append(f"envFrom configMapRef {ref} is not among the listed ConfigMaps")
+            config.update(configmaps.get(ref, {}))
+
+    secret_keys = {d["metadata"]["name"]: set((d.get("stringData") or {}).keys())
+                   | set((d.get("data") or {}).keys())
+                   for d in example_secrets if d.get("kind") == "Secret"}
+    for env in container.get("env") or []:
+        ref = ((env.get("valueFrom") or {}).get("secretKeyRef")) or None
+        if ref and ref.get("key") not in secret_keys.get(ref.get("name"), set()):
+            problems.append(f"env {env['name']} reads Secret {ref.get('name')} key "
+                            f"{ref.get('key')}, which secret.example.yaml does not describe")
+    token_secret = ann.get("dapr.io/app-token-secret")
+    if token_secret and "token" not in secret_keys.get(token_secret, set()):
+        problems.append(f"dapr.io/app-token-secret {token_secret} has no key `token` in "
+                        "secret.example.yaml (contract section 5)")
+    if token_secret:
+        app_token = next((e for e in container.get("env") or [] if e["name"] == "APP_API_TOKEN"),
+                         None)
+        if app_token is None:
+            problems.append("the sidecar sends an app token but the app gets no APP_API_TOKEN")
+
+    # Shutdown timing: drain < grace < sidecar grace <= pod grace.
+    def as_int(value: Any, what: str) -> int | None:
+        try:
+            return int(str(value))
+        except ValueError:
+            problems.append(f"{what} is not an integer: {value!r}")
+            return None
+    drain = as_int(config.get("DRAIN_WINDOW_SECS", 10), "DRAIN_WINDOW_SECS")
+    grace = as_int(config.get("SHUTDOWN_GRACE_SECS", 20), "SHUTDOWN_GRACE_SECS")
+    pod_grace = pod.get("terminationGracePeriodSeconds", 30)
+    sidecar = as_int(ann.get("dapr.io/graceful-shutdown-seconds", 5),
+                     "dapr.io/graceful-shutdown-seconds")
+    if None not in (drain, grace, sidecar):
+        if not drain < grace:
+            problems.append(f"DRAIN_WINDOW_SECS ({drain}) must be below SHUTDOWN_GRACE_SECS "
+                            f"({grace}); the app refuses to start otherwise")
+        if not grace < pod_grace:
+            problems.append(f"SHUTDOWN_GRACE_SECS ({grace}) must be below "
+                            f"terminationGracePeriodSeconds ({pod_grace})")
+        if ann.get("dapr.io/enabled") == "true" and not sidecar <= pod_grace:
+            problems.append(f"dapr.io/graceful-shutdown-seconds ({sidecar}) must be <= "
+                            f"terminationGracePeriodSeconds ({pod_grace})")
+
+    # Ports and probes.
+    app_port = str(config.get("PORT", "8005"))
+    if str(ports.get("http")) != app_port:
+        problems.append(f"container port http ({ports.get('http')}) != PORT ({app_port})")
+    for key in ("dapr.io/app-port", "prometheus.io/port"):
+        if key in ann and ann[key] != app_port:
+            problems.append(f"{key} ({ann[key]}) != PORT ({app_port})")
+    probes = {"livenessProbe": "/health", "readinessProbe": "/ready"}
+    for probe, path in probes.items():
+        got = ((container.get(probe) or {}).get("httpGet") or {}).get("path")
+        if got != path:
+            problems.append(f"{probe} path is {got!r}, expected {path}")
+    if ann.get("dapr.io/enable-app-health-check") == "true" and \
+            ann.get("dapr.io/app-health-check-path") != "/health":
+        problems.append("dapr.io/app-health-check-path must be /health (it needs no app token)")
+
+    # Selectors and targets.
+    def selects(selector: dict, what: str) -> None:
+        if not selector or any(pod_labels.get(k) != v for k, v in selector.items()):
+            problems.append(f"{what} selector {selector} does not match the pod labels")
+    selects(dep["spec"]["selector"].get("matchLabels") or {}, "Deployment")
+    for svc in (d for d in listed if d.get("kind") == "Service"):
+        selects(svc["spec"].get("selector") or {}, f"Service {svc['metadata']['name']}")
+        for p in svc["spec"].get("ports") or []:
+            tp = p.get("targetPort")
+            if isinstance(tp, str) and tp not in ports:
+                problems.append(f"Service targetPort {tp} is not a container port name")
+    for pdb in (d for d in listed if d.get("kind") == "PodDisruptionBudget"):
+        selects((pdb["spec"].get("selector") or {}).get("matchLabels") or {}, "PDB")
+    hpas = [d for d in listed if d.get("kind") == "HorizontalPodAutoscaler"]
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref.get("kind"), ref.get("name")) != ("Deployment", dep_name):
+            problems.append(f"HPA targets {ref.get('kind')}/{ref.get('name')}, not "
+                            f"Deployment/{dep_name}")
+    if dep["spec"].get("replicas", 0) < 2:
+        problems.append("the Deployment must ask for at least 2 replicas (every replica serves "
+                        "its own share of the sessions; one pod is a single point of failure)")
+    for hpa in hpas:
+        if hpa["spec"].get("minReplicas", 1) < 2:
+            problems.append("the HPA must keep at least 2 replicas")
+
+    # Dapr mode: the component the app subscribes to is there, and one subscription style.
+    if ann.get("dapr.io/enabled") == "true":
+        components = {d["metadata"]["name"] for d in listed if d.get("kind") == "Component"}
+        pubsub = config.get("DAPR_PUBSUB_NAME", "taskpubsub")
+        if components and pubsub not in components:
+            problems.append(f"DAPR_PUBSUB_NAME {pubsub} is not a listed Component "
+                            f"({', '.join(sorted(components))})")
+        subs = [d for d in listed if d.get("kind") == "Subscription"]
+        programmatic = str(config.get("DAPR_SUBSCRIBE", "true")).lower() != "false"
+        if subs and programmatic:
+            problems.append("a declarative Subscription is listed while DAPR_SUBSCRIBE is not "
+                            "\"false\": every event would be delivered twice")
+        if not subs and not programmatic:
+            problems.append("DAPR_SUBSCRIBE is \"false\" but no Subscription is listed: "
+                            "nothing would be delivered")
+        route = config.get("DAPR_ROUTE", "/task-updates")
+        for s in subs:
+            if (s["spec"].get("routes") or {}).get("default") != route:
+                problems.append(f"Subscription routes.default != DAPR_ROUTE ({route})")
+    r.result("k8s/ consistency", problems,
+             f"timing drain {drain}s < exit {grace}s < sidecar {sidecar}s <= pod {pod_grace}s; "
+             "ports, probes, selectors, secrets, subscription mode agree")
+
+
+def check_rendered(r: Report, checker: Checker, path: Path, kustomization: dict) -> None:
+    docs = load_docs(path)
+    problems: list[str] = []
+    namespace = kustomization.get("namespace")
+    tags = {i["name"]: i for i in kustomization.get("images") or []}
+    for doc in docs:
+        problems += checker.validate_doc(doc)
+        meta = doc.get("metadata") or {}
+        if doc.get("kind") == "Secret":
+            problems.append(f"{name_of(doc)}: the kustomization must not apply Secrets")
+        if namespace and doc.get("kind") not in CLUSTER_SCOPED and meta.get("namespace") != namespace:
+            problems.append(f"{name_of(doc)}: namespace {meta.get('namespace')!r} != {namespace}")
+        if (meta.get("labels") or {}).get("app.kubernetes.io/name") != APP:
+            problems.append(f"{name_of(doc)}: no label app.kubernetes.io/name={APP}")
+        if doc.get("kind") == "Deployment":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                want = tags.get(APP)
+                if want and c["name"] == APP:
+                    expected = f"{want.get('newName', APP)}:{want.get('newTag')}"
+                    if c["image"] != expected:
+                        problems.append(f"container {c['name']} image {c['image']} != {expected}")
+                elif ":" not in c["image"].rsplit("/", 1)[-1] and "@" not in c["image"]:
+                    problems.append(f"container {c['name']} image {c['image']} has no tag")
+    r.result("kustomize build k8s/", problems,
+             f"{len(docs)} resources rendered and valid, namespace {namespace}, labelled, "
+             "image tagged, no Secret")
+
+
+def check_dashboard(r: Report, path: Path) -> None:
+    what = r.rel(path)
+    try:
+        dash = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        r.fail(what, [f"not valid JSON: {e}"])
+        return
+    problems = []
+    if dash.get("uid") != APP:
+        problems.append(f"uid is {dash.get('uid')!r}, expected {APP}")
+    if dash.get("schemaVersion") != 39:
+        problems.append(f"schemaVersion is {dash.get('schemaVersion')!r}, expected 39")
+    variables = {v.get("name"): v for v in (dash.get("templating") or {}).get("list") or []}
+    ds = variables.get("DS_PROMETHEUS")
+    if not ds or ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        problems.append("templating needs a datasource variable DS_PROMETHEUS of type prometheus")
+    panels = []
+    for p in dash.get("panels") or []:
+        panels.append(p)
+        panels.extend(p.get("panels") or [])  # collapsed rows
+    ids = [p.get("id") for p in panels]
+    if len(ids) != len(set(ids)):
+        problems.append("panel ids are not unique")
+    exprs = []
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        if (p.get("datasource") or {}).get("uid") != "${DS_PROMETHEUS}":
+            problems.append(f"panel {p.get('title')!r} does not use ${{DS_PROMETHEUS}}")
+        if not p.get("targets"):
+            problems.append(f"panel {p.get('title')!r} has no query")
+        exprs += [t.get("expr", "") for t in p.get("targets") or []]
+    text = "\n".join(exprs)
+    missing = [m for m in DASHBOARD_METRICS if not re.search(rf"\b{m}\b", text)]
+    if missing:
+        problems.append(f"no panel queries {', '.join(missing)}")
+    r.result(what, problems, f"{len(panels)} panels, every gateway metric queried")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def guarded(r: Report, what: str, check, *args) -> None:
+    """Run a check that walks the manifests' structure; a missing field fails it, not the run."""
+    try:
+        check(*args)
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, yaml.YAMLError) as e:
+        r.fail(what, [f"cannot check, a manifest lacks an expected field: "
+                      f"{type(e).__name__}: {e}".replace("\n", " ")])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
+    ap.add_argument("--k8s-dir", type=Path, help="default: ROOT/k8s")
+    ap.add_argument("--dapr-dir", type=Path, help="default: ROOT/dapr-components")
+    ap.add_argument("--dashboard", type=Path,
+                    help="default: ROOT/deploy/grafana/websocket-service.json")
+    ap.add_argument("--kubernetes-version", default="1.30")
+    ap.add_argument("--rendered", type=Path, help="output of `kustomize build k8s/`")
+    ap.add_argument("--kustomize-error", type=Path,
+                    help="stderr of a failed `kustomize build k8s/`, reported as a failure")
+    args = ap.parse_args()
+
+    root = args.root.resolve()
+    k8s = (args.k8s_dir or root / "k8s").resolve()
+    dapr_dir = (args.dapr_dir or root / "dapr-components").resolve()
+    dashboard = (args.dashboard or root / "deploy/grafana/websocket-service.json").resolve()
+    r = Report(root)
+    checker = Checker(r, KubeValidator(args.kubernetes_version),
+                      DaprValidator(root / "scripts" / "dapr-schemas"))
+
+    # 1. The kustomization and the files it lists.
+    kpath = k8s / "kustomization.yaml"
+    try:
+        kdocs = load_docs(kpath)
+        kustomization = kdocs[0] if kdocs else {}
+    except (OSError, yaml.YAMLError, ValueError) as e:
+        r.fail(r.rel(kpath), [f"cannot read: {e}"])
+        return 1
+    listed_names = [str(x) for x in kustomization.get("resources") or []]
+    problems = []
+    for name in listed_names:
+        target = (k8s / name).resolve()
+        if "://" in name or not target.is_relative_to(k8s):
+            problems.append(f"{name}: resources must be files inside {r.rel(k8s)}/")
+        elif not target.is_file():
+            problems.append(f"{name}: listed but missing")
+    if kustomization.get("kind") != "Kustomization":
+        problems.append("kind is not Kustomization")
+    if "secret.example.yaml" in listed_names:
+        problems.append("secret.example.yaml is listed: its placeholders would be applied")
+    r.result(r.rel(kpath), problems,
+             f"{len(listed_names)} resources listed, all present; namespace "
+             f"{kustomization.get('namespace')}")
+
+    # 2. Every manifest under k8s/: listed ones, the secret template, unlisted extras.
+    listed_docs: list[dict] = []
+    listed_paths = {(k8s / n).resolve() for n in listed_names}
+    example_secrets: list[dict] = []
+    for path in sorted(p for p in k8s.rglob("*") if p.suffix in (".yaml", ".yml")):
+        if path.resolve() == kpath:
+            continue
+        note = "" if path.resolve() in listed_paths else " [not in kustomization]"
+        docs = checker.check_file(path, note)
+        if path.resolve() in listed_paths:
+            listed_docs += docs
+        if path.name == "secret.example.yaml":
+            example_secrets = docs
+    check_no_real_secrets(r, k8s, kustomization)
+    guarded(r, "k8s/ consistency", check_consistency, r, listed_docs, example_secrets)
+
+    # 3. Dapr resources outside k8s/ (dapr-components/, recursively).
+    if dapr_dir.is_dir():
+        for path in sorted(p for p in dapr_dir.rglob("*") if p.suffix in (".yaml", ".yml")):
+            checker.check_file(path, dapr_only=True)
+    else:
+        print(f"skip  {r.rel(dapr_dir)}: no such directory")
+
+    # 4. The rendered kustomization.
+    if args.kustomize_error:
+        log = args.kustomize_error.read_text(encoding="utf-8", errors="replace")
+        r.fail("kustomize build k8s/", [" ".join(log.split()) or "failed"])
+    elif args.rendered:
+        guarded(r, "kustomize build k8s/", check_rendered, r, checker, args.rendered,
+                kustomization)
+
+    # 5. The dashboard.
+    check_dashboard(r, dashboard)
+
+    print(f"check-k8s: {r.checked - r.failures} passed, {r.failures} failed")
+    return 1 if r.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
