@@ -140,12 +140,7 @@ async fn metrics_report_sessions_events_and_failures() {
     assert_eq!(client.recv().await["task"]["n"], 2);
     tokio::time::sleep(Duration::from_millis(600)).await; // one statistics interval for the lag
 
-    let text = reqwest::get(format!("http://{}/metrics", gw.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     let partition = format!("topic=\"{topic}\",partition=\"0\"");
     for want in [
         "gateway_connections 1".to_string(),
@@ -162,12 +157,7 @@ async fn metrics_report_sessions_events_and_failures() {
     }
     drop(client);
     gw.wait_connections(0).await;
-    let text = reqwest::get(format!("http://{}/metrics", gw.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics().await;
     assert!(
         text.contains("gateway_sessions_closed_total{reason=\"client_closed\"} 1")
             || text.contains("gateway_sessions_closed_total{reason=\"client_gone\"} 1"),

@@ -116,6 +116,17 @@ impl TestGateway {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.addr);
+        reqwest::get(url)
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
