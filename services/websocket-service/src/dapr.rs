@@ -94,7 +94,7 @@ struct BulkEntry {
     #[serde(rename = "entryId")]
     entry_id: Option<String>,
     /// A CloudEvent object, or (raw payload mode) the record bytes as a base64 string.
-    event: Option<Value>,
+    event: Option<Box<RawValue>>,
     #[serde(default)]
     metadata: serde_json::Map<String, Value>,
 }
@@ -105,9 +105,13 @@ fn bulk(state: &AppState, entries: Vec<BulkEntry>) -> HttpResponse {
         // An entry without an id cannot be answered; the sidecar retries what it gets no answer for.
         let Some(entry_id) = entry.entry_id else { continue };
         let origin = origin_from_metadata(&entry.metadata);
-        let answer = match &entry.event {
-            Some(Value::String(encoded)) => route_raw(state, encoded, origin),
-            Some(event @ Value::Object(_)) => route_json(state, event.to_string().as_bytes(), origin),
+        let raw = entry.event.as_deref().map(RawValue::get).unwrap_or_default();
+        let answer = match raw.as_bytes().first() {
+            Some(b'"') => match serde_json::from_str::<String>(raw) {
+                Ok(encoded) => route_raw(state, &encoded, origin),
+                Err(_) => DROP,
+            },
+            Some(b'{') => route_json(state, raw.as_bytes(), origin),
             _ => {
                 state
                     .stats

@@ -1,9 +1,8 @@
 //! From a decoded event to the sessions of its user: the one path every source (Kafka today,
 //! Dapr next) goes through, so a client gets the same message whichever way the event came.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use task_events::{DecodeError, TaskEvent};
 
@@ -86,6 +85,15 @@ pub enum Routed {
     Duplicate,
 }
 
+/// When the event happened: its `occurred_at`, else the record's timestamp.
+fn event_time(event: &TaskEvent, origin: &Origin<'_>) -> Option<SystemTime> {
+    if let Some(at) = event.occurred_at.as_deref() {
+        return humantime::parse_rfc3339_weak(at).ok();
+    }
+    let ms = origin.timestamp_ms().filter(|ms| *ms >= 0)?;
+    Some(UNIX_EPOCH + Duration::from_millis(ms as u64))
+}
+
 pub struct Router {
     registry: Arc<Registry>,
     stats: Arc<Stats>,
@@ -130,13 +138,12 @@ impl Router {
             tracing::debug!(id, %origin, "duplicate event not delivered again");
             return Routed::Duplicate;
         }
-        self.stats.events_routed.fetch_add(1, Relaxed);
-        let timestamp = event
-            .occurred_at
-            .clone()
-            .unwrap_or_else(|| origin.fallback_timestamp());
-        self.stats.observe_latency(&timestamp);
+        self.stats.observe_latency(event_time(event, &origin));
         let delivery = self.registry.deliver(&event.user_id, || {
+            let timestamp = event
+                .occurred_at
+                .clone()
+                .unwrap_or_else(|| origin.fallback_timestamp());
             ServerMessage::TaskUpdate {
                 event: &event.event_type,
                 task: &event.task,

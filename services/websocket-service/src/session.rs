@@ -59,10 +59,6 @@ pub async fn ws_route(
             return Ok(response);
         }
     };
-    state
-        .stats
-        .sessions_opened
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stream = stream
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()

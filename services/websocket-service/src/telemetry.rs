@@ -178,30 +178,16 @@ pub fn reason(reason: &str) -> ReasonLabels {
 #[derive(Default)]
 pub struct Stats {
     pub metrics: Metrics,
-    /// Sessions accepted (authenticated and admitted).
-    pub sessions_opened: AtomicU64,
     /// Upgrades refused for a bad token (closed with 4001).
     pub auth_failures: AtomicU64,
-    /// Upgrades refused by a connection limit.
-    pub limit_rejections: AtomicU64,
     /// Sessions closed because their outbound queue overflowed (4008).
     pub slow_client_disconnects: AtomicU64,
-    /// Messages queued to a session.
-    pub messages_delivered: AtomicU64,
     /// Kafka records read.
     pub records_consumed: AtomicU64,
     /// Records or deliveries skipped as not a task event, from any source.
     pub records_malformed: AtomicU64,
-    /// Events routed (decoded and offered to the registry), from any source.
-    pub events_routed: AtomicU64,
     /// Events not delivered again: their id was seen within the de-duplication window.
     pub duplicates: AtomicU64,
-    /// Dapr deliveries answered SUCCESS (per event; a bulk delivery counts each entry).
-    pub dapr_success: AtomicU64,
-    /// Dapr deliveries answered DROP.
-    pub dapr_drop: AtomicU64,
-    /// Dapr requests refused for a missing or wrong app token.
-    pub dapr_unauthorized: AtomicU64,
 }
 
 impl Stats {
@@ -260,7 +246,6 @@ impl Stats {
     }
 
     pub fn connection_rejected(&self, why: &str) {
-        self.limit_rejections.fetch_add(1, Relaxed);
         self.metrics
             .connections_rejected
             .get_or_create(&reason(why))
@@ -268,7 +253,6 @@ impl Stats {
     }
 
     pub fn message_delivered(&self) {
-        self.messages_delivered.fetch_add(1, Relaxed);
         self.metrics.messages_delivered.inc();
     }
 
@@ -285,11 +269,6 @@ impl Stats {
     }
 
     pub fn dapr_answer(&self, status: &str) {
-        match status {
-            "SUCCESS" => self.dapr_success.fetch_add(1, Relaxed),
-            "DROP" => self.dapr_drop.fetch_add(1, Relaxed),
-            _ => self.dapr_unauthorized.fetch_add(1, Relaxed),
-        };
         self.metrics
             .dapr_deliveries
             .get_or_create(&StatusLabels {
@@ -298,11 +277,9 @@ impl Stats {
             .inc();
     }
 
-    /// Publish-to-deliver: from the event's own timestamp (RFC 3339) to now.
-    pub fn observe_latency(&self, timestamp: &str) {
-        let Ok(at) = humantime::parse_rfc3339_weak(timestamp) else {
-            return;
-        };
+    /// Publish-to-deliver: from when the event happened to now.
+    pub fn observe_latency(&self, at: Option<SystemTime>) {
+        let Some(at) = at else { return };
         if let Ok(age) = SystemTime::now().duration_since(at) {
             // An event older than a day is a replay or a bad clock, not latency.
             if age < Duration::from_secs(86_400) {
