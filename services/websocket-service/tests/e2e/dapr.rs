@@ -406,3 +406,36 @@ async fn publisher_through_a_sidecar_to_websocket() {
     sidecar_handle.stop(true).await;
     gw.stop().await;
 }
+
+/// Delivery bodies are read up to `dapr::MAX_BODY_BYTES`: a 2 MiB event (over actix's default
+/// 256 KiB payload limit) is delivered, a body over the bound is refused with 413 before anything
+/// is routed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_bodies_are_bounded() {
+    let gw = dapr_gateway().await;
+    let mut client = connect(&gw.url(&token("big"))).await;
+    let limit = websocket_service::dapr::MAX_BODY_BYTES;
+    let under = "x".repeat(2 * 1024 * 1024);
+    let event = cloudevent(
+        "big-1",
+        json!({"event_type": "task.created", "user_id": "big", "task": {"blob": under}}),
+    );
+    assert_eq!(
+        post(&gw, "/task-updates", &event, &sidecar_headers(1)).await,
+        (200, json!({"status": "SUCCESS"}))
+    );
+    assert_eq!(
+        client.recv().await["task"]["blob"].as_str().map(str::len),
+        Some(2 * 1024 * 1024)
+    );
+
+    let over = "x".repeat(limit + 1);
+    let event = cloudevent(
+        "big-2",
+        json!({"event_type": "task.created", "user_id": "big", "task": {"blob": over}}),
+    );
+    let (status, _) = post(&gw, "/task-updates", &event, &sidecar_headers(2)).await;
+    assert_eq!(status, 413);
+    client.assert_nothing_pending().await;
+    gw.stop().await;
+}
