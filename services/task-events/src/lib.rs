@@ -1,7 +1,7 @@
 //! The task-update event envelope, shared by the gateway (which reads it) and the publisher
 //! (which writes it), so that producer and consumer cannot drift apart.
 //!
-//! The wire shape is fixed by the producers that already exist (`shared/contracts/wire.md`):
+//! The wire shape is fixed by the producers that already exist (`docs/wire-contract.md`):
 //!
 //! ```json
 //! {"event_type": "task.created", "user_id": "42", "task": {"id": 7, "title": "..."}}

@@ -6,11 +6,12 @@
 //! `exp` and `sub` are required; `nbf` is checked when present; `iss` and `aud` when configured.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::RwLock;
 use serde::Deserialize;
 
 use crate::config::AuthSettings;
@@ -21,8 +22,9 @@ use crate::health::Readiness;
 pub struct Identity {
     /// The `sub` claim: events addressed to this user id reach the session.
     pub user_id: Arc<str>,
-    /// The `exp` claim (seconds since the epoch): the session is closed with 4001 then.
-    pub expires_at: u64,
+    /// Until when the token is accepted, as a Unix time: its `exp` plus the verification leeway
+    /// (the same leeway that admitted it). The session is closed with 4002 then.
+    pub valid_until: u64,
 }
 
 /// Why a token was refused. The `reason()` is the close reason sent to the client and the label
@@ -131,24 +133,14 @@ impl Authenticator {
             let (key, alg) = public_key(&pem, s.jwt_algorithm.as_deref())?;
             Keys::Static { key, alg }
         } else if let Some(url) = s.jwt_jwks_url.as_deref().filter(|v| !v.is_empty()) {
-            Keys::Jwks(Jwks::new(
-                url,
-                Duration::from_millis(s.jwks_timeout_ms),
-                Duration::from_secs(s.jwks_min_refresh_secs),
-                readiness.clone(),
-            )?)
+            Keys::Jwks(Jwks::new(url, s, readiness.clone())?)
         } else {
             anyhow::bail!("no token verifier configured");
         };
         let auth = Arc::new(Authenticator { keys, base });
         if matches!(auth.keys, Keys::Jwks(_)) {
-            readiness.set_not_ready("jwks", "signing keys not loaded yet");
-            let auth = auth.clone();
-            tokio::spawn(async move {
-                if let Keys::Jwks(jwks) = &auth.keys {
-                    jwks.refresh(true).await;
-                }
-            });
+            readiness.gate("jwks", "signing keys not loaded yet");
+            tokio::spawn(refresh_jwks(Arc::downgrade(&auth)));
         }
         Ok(auth)
     }
@@ -171,7 +163,7 @@ impl Authenticator {
         }
         Ok(Identity {
             user_id: claims.sub.into(),
-            expires_at: claims.exp,
+            valid_until: claims.exp.saturating_add(self.base.leeway),
         })
     }
 
@@ -225,6 +217,21 @@ fn public_key(pem: &[u8], alg: Option<&str>) -> anyhow::Result<(DecodingKey, Alg
     )
 }
 
+/// Keeps the JWKS fresh for as long as the authenticator lives: fetched at once, then again
+/// after the lifetime its answer announces (`Cache-Control: max-age`, bounded by
+/// `JWKS_MIN_REFRESH_SECS`..`JWKS_MAX_REFRESH_SECS`), or `JWKS_REFRESH_SECS` when it announces
+/// none. A key removed from the set stops being accepted at the next refresh.
+async fn refresh_jwks(auth: Weak<Authenticator>) {
+    loop {
+        let next = {
+            let Some(auth) = auth.upgrade() else { return };
+            let Keys::Jwks(jwks) = &auth.keys else { return };
+            jwks.refresh(true).await
+        };
+        tokio::time::sleep(next).await;
+    }
+}
+
 /// A JWKS endpoint's keys, cached by `kid`.
 struct Jwks {
     url: String,
@@ -233,23 +240,24 @@ struct Jwks {
     /// Serialises fetches (one in flight) and remembers when the last one started.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     min_refresh: Duration,
+    max_refresh: Duration,
+    default_refresh: Duration,
     readiness: Readiness,
 }
 
 impl Jwks {
-    fn new(
-        url: &str,
-        timeout: Duration,
-        min_refresh: Duration,
-        readiness: Readiness,
-    ) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
+    fn new(url: &str, s: &AuthSettings, readiness: Readiness) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(s.jwks_timeout_ms))
+            .build()?;
         Ok(Jwks {
             url: url.to_string(),
             client,
             keys: RwLock::new(HashMap::new()),
             last_fetch: tokio::sync::Mutex::new(None),
-            min_refresh,
+            min_refresh: Duration::from_secs(s.jwks_min_refresh_secs),
+            max_refresh: Duration::from_secs(s.jwks_max_refresh_secs),
+            default_refresh: Duration::from_secs(s.jwks_refresh_secs),
             readiness,
         })
     }
@@ -263,14 +271,14 @@ impl Jwks {
         if let Some(found) = self.lookup(kid) {
             return Ok(found);
         }
-        if self.keys.read().expect("jwks lock").is_empty() {
+        if self.keys.read().is_empty() {
             return Err(AuthError::KeysUnavailable);
         }
         Err(AuthError::UnknownKey)
     }
 
     fn lookup(&self, kid: Option<&str>) -> Option<(DecodingKey, Algorithm)> {
-        let keys = self.keys.read().expect("jwks lock");
+        let keys = self.keys.read();
         match kid {
             Some(kid) => keys.get(kid).cloned(),
             // A token without `kid` is accepted only when the set has exactly one key.
@@ -279,38 +287,49 @@ impl Jwks {
         }
     }
 
-    /// Fetches the key set. With `force` false, skips when the last fetch is recent.
-    async fn refresh(&self, force: bool) {
+    /// Fetches the key set. With `force` false, skips when the last fetch is recent. Returns when
+    /// the next scheduled fetch is due.
+    async fn refresh(&self, force: bool) -> Duration {
         let mut last = self.last_fetch.lock().await;
         if !force && last.is_some_and(|t| t.elapsed() < self.min_refresh) {
-            return;
+            return self.default_refresh;
         }
         *last = Some(Instant::now());
         match self.fetch().await {
-            Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "jwks loaded");
-                *self.keys.write().expect("jwks lock") = keys;
-                self.readiness.set_ready("jwks");
+            Ok((keys, max_age)) => {
+                tracing::debug!(url = %self.url, keys = keys.len(), "jwks loaded");
+                *self.keys.write() = keys;
+                self.readiness.open("jwks");
+                self.readiness.recover("jwks");
+                max_age
+                    .unwrap_or(self.default_refresh)
+                    .clamp(self.min_refresh.max(Duration::from_secs(1)), self.max_refresh)
             }
             Err(error) => {
                 tracing::warn!(url = %self.url, %error, "jwks fetch failed");
-                if self.keys.read().expect("jwks lock").is_empty() {
-                    self.readiness
-                        .set_not_ready("jwks", format!("jwks fetch failed: {error}"));
+                if self.keys.read().is_empty() {
+                    self.readiness.gate("jwks", format!("jwks never loaded: {error}"));
+                } else {
+                    self.readiness.degrade(
+                        "jwks",
+                        format!("jwks refresh failed, keeping the last keys: {error}"),
+                    );
                 }
+                // Try again soon, but not in a loop.
+                self.min_refresh.max(Duration::from_secs(1)).min(self.max_refresh)
             }
         }
     }
 
-    async fn fetch(&self) -> anyhow::Result<HashMap<String, (DecodingKey, Algorithm)>> {
-        let set: JwkSet = self
-            .client
-            .get(&self.url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+    /// The key set, and the cache lifetime the answer announced.
+    async fn fetch(&self) -> anyhow::Result<(HashMap<String, (DecodingKey, Algorithm)>, Option<Duration>)> {
+        let response = self.client.get(&self.url).send().await?.error_for_status()?;
+        let max_age = response
+            .headers()
+            .get(reqwest::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age);
+        let set: JwkSet = response.json().await?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = jwk.common.key_id.clone() else {
@@ -324,8 +343,20 @@ impl Jwks {
                 Err(error) => tracing::warn!(kid, %error, "jwks key skipped"),
             }
         }
-        Ok(keys)
+        Ok((keys, max_age))
     }
+}
+
+/// `max-age` of a `Cache-Control` value; `no-cache`/`no-store` count as zero.
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').map(str::trim).find_map(|directive| {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-cache" || lower == "no-store" {
+            return Some(Duration::ZERO);
+        }
+        let secs = lower.strip_prefix("max-age=")?;
+        secs.trim_matches('"').parse().ok().map(Duration::from_secs)
+    })
 }
 
 /// The algorithm a JWK is for: its `alg` when given, else the usual one for its key type.
@@ -339,5 +370,19 @@ fn jwk_algorithm(jwk: &Jwk) -> Option<Algorithm> {
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Some(Algorithm::ES384),
         AlgorithmParameters::OctetKeyPair(_) => Some(Algorithm::EdDSA),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lifetimes() {
+        assert_eq!(max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(max_age("Max-Age=\"30\""), Some(Duration::from_secs(30)));
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
     }
 }

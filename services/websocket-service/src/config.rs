@@ -19,12 +19,16 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HOST", "server.host"),
     ("PORT", "server.port"),
     ("WORKERS", "server.workers"),
+    ("INTERNAL_HOST", "server.internal_host"),
+    ("INTERNAL_PORT", "server.internal_port"),
+    ("METRICS_TOKEN", "server.metrics_token"),
     ("MAX_CONNECTIONS", "server.max_connections"),
     ("MAX_CONNECTIONS_PER_USER", "server.max_connections_per_user"),
     ("MAX_FRAME_BYTES", "server.max_frame_bytes"),
     ("SESSION_QUEUE_CAPACITY", "server.session_queue_capacity"),
     ("HEARTBEAT_INTERVAL_SECS", "server.heartbeat_interval_secs"),
     ("CLIENT_TIMEOUT_SECS", "server.client_timeout_secs"),
+    ("WRITE_TIMEOUT_SECS", "server.write_timeout_secs"),
     ("DRAIN_WINDOW_SECS", "server.drain_window_secs"),
     ("SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("BETTER_AUTH_SECRET", "auth.jwt_secret"),
@@ -37,10 +41,14 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("JWT_LEEWAY_SECS", "auth.leeway_secs"),
     ("JWKS_TIMEOUT_MS", "auth.jwks_timeout_ms"),
     ("JWKS_MIN_REFRESH_SECS", "auth.jwks_min_refresh_secs"),
+    ("JWKS_REFRESH_SECS", "auth.jwks_refresh_secs"),
+    ("JWKS_MAX_REFRESH_SECS", "auth.jwks_max_refresh_secs"),
     ("KAFKA_BROKERS", "kafka.brokers"),
     ("KAFKA_TOPICS", "kafka.topics"),
     ("KAFKA_METADATA_REFRESH_SECS", "kafka.metadata_refresh_secs"),
     ("KAFKA_CREATE_TOPICS", "kafka.create_topics"),
+    ("DAPR_ENABLED", "dapr.enabled"),
+    ("DAPR_INSECURE_NO_APP_TOKEN", "dapr.insecure_no_app_token"),
     ("DAPR_SUBSCRIBE", "dapr.subscribe"),
     ("DAPR_PUBSUB_NAME", "dapr.pubsub_name"),
     ("DAPR_TOPIC", "dapr.topic"),
@@ -83,6 +91,14 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Address of the internal listener (metrics, the server API, the Dapr routes too). Loopback
+    /// by default, so that nothing internal is reachable from outside the host unless the
+    /// operator says so (Kubernetes: `0.0.0.0` behind a NetworkPolicy).
+    pub internal_host: String,
+    /// Port of the internal listener.
+    pub internal_port: u16,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    pub metrics_token: Option<String>,
     /// Open WebSocket sessions allowed on this instance; the next one is closed with 1013.
     pub max_connections: usize,
     /// Open sessions allowed per user on this instance; the next one is closed with 4029.
@@ -95,6 +111,9 @@ pub struct ServerSettings {
     pub heartbeat_interval_secs: u64,
     /// A session that sends nothing (not even a pong) for this long is dropped as dead.
     pub client_timeout_secs: u64,
+    /// Longest one write to a session may wait for the peer to read (every frame: events,
+    /// replies, pings). Past it the session is closed as a slow consumer (4008).
+    pub write_timeout_secs: u64,
     /// On SIGTERM, open sessions are closed with 1001 spread over this window, so the clients
     /// reconnecting to other replicas do not arrive as one herd.
     pub drain_window_secs: u64,
@@ -125,6 +144,11 @@ pub struct AuthSettings {
     pub jwks_timeout_ms: u64,
     /// Minimum time between two JWKS fetches, so unknown `kid`s cannot hammer the issuer.
     pub jwks_min_refresh_secs: u64,
+    /// How often the JWKS is refetched when its answer gives no cache lifetime.
+    pub jwks_refresh_secs: u64,
+    /// Upper bound on a cache lifetime (`Cache-Control: max-age`) announced by the JWKS, so that a
+    /// removed key stops working within this time whatever the issuer says.
+    pub jwks_max_refresh_secs: u64,
 }
 
 /// The direct Kafka source. Empty `brokers` disables it (Dapr-only deployments).
@@ -150,6 +174,12 @@ pub struct KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaprSettings {
+    /// Whether this gateway takes deliveries from a Dapr sidecar. Off, the delivery route answers
+    /// 503 (which the sidecar retries) and the subscription is empty.
+    pub enabled: bool,
+    /// Accept deliveries without an app token. Only for local experiments: anyone who reaches the
+    /// port can then inject events. Logged loudly at start.
+    pub insecure_no_app_token: bool,
     /// Whether `/dapr/subscribe` offers the subscription. Off when the deployment declares it
     /// with a Subscription resource instead: declaring both delivers twice.
     pub subscribe: bool,
@@ -196,21 +226,28 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.host", DefaultValue::Str("0.0.0.0")),
     ("server.port", DefaultValue::Int(8005)),
     ("server.workers", DefaultValue::Int(0)),
+    ("server.internal_host", DefaultValue::Str("127.0.0.1")),
+    ("server.internal_port", DefaultValue::Int(9005)),
     ("server.max_connections", DefaultValue::Int(50_000)),
     ("server.max_connections_per_user", DefaultValue::Int(20)),
     ("server.max_frame_bytes", DefaultValue::Int(64 * 1024)),
     ("server.session_queue_capacity", DefaultValue::Int(256)),
     ("server.heartbeat_interval_secs", DefaultValue::Int(20)),
     ("server.client_timeout_secs", DefaultValue::Int(60)),
+    ("server.write_timeout_secs", DefaultValue::Int(10)),
     ("server.drain_window_secs", DefaultValue::Int(10)),
     ("server.shutdown_grace_secs", DefaultValue::Int(20)),
     ("auth.leeway_secs", DefaultValue::Int(30)),
     ("auth.jwks_timeout_ms", DefaultValue::Int(5_000)),
     ("auth.jwks_min_refresh_secs", DefaultValue::Int(30)),
+    ("auth.jwks_refresh_secs", DefaultValue::Int(300)),
+    ("auth.jwks_max_refresh_secs", DefaultValue::Int(3600)),
     ("kafka.brokers", DefaultValue::Str("")),
     ("kafka.topics", DefaultValue::List(&["task-updates"])),
     ("kafka.metadata_refresh_secs", DefaultValue::Int(10)),
     ("kafka.create_topics", DefaultValue::Bool(false)),
+    ("dapr.enabled", DefaultValue::Bool(false)),
+    ("dapr.insecure_no_app_token", DefaultValue::Bool(false)),
     ("dapr.subscribe", DefaultValue::Bool(true)),
     ("dapr.pubsub_name", DefaultValue::Str("taskpubsub")),
     ("dapr.topic", DefaultValue::Str("task-updates")),
@@ -313,8 +350,18 @@ impl Settings {
                 "CLIENT_TIMEOUT_SECS must be greater than HEARTBEAT_INTERVAL_SECS, and both above 0",
             );
         }
+        // Upper bounds keep every duration sum far from overflowing an Instant, and catch typos
+        // (milliseconds given as seconds) at start instead of as a session that never pings.
+        within("HEARTBEAT_INTERVAL_SECS", s.heartbeat_interval_secs, 1, HOUR)?;
+        within("CLIENT_TIMEOUT_SECS", s.client_timeout_secs, 2, DAY)?;
+        within("WRITE_TIMEOUT_SECS", s.write_timeout_secs, 1, HOUR)?;
+        within("DRAIN_WINDOW_SECS", s.drain_window_secs, 0, HOUR)?;
+        within("SHUTDOWN_GRACE_SECS", s.shutdown_grace_secs, 1, HOUR)?;
         if s.drain_window_secs >= s.shutdown_grace_secs {
             return fail("DRAIN_WINDOW_SECS must be shorter than SHUTDOWN_GRACE_SECS");
+        }
+        if s.port != 0 && s.port == s.internal_port && s.host == s.internal_host {
+            return fail("INTERNAL_PORT must differ from PORT: internal routes get their own listener");
         }
         let a = &self.auth;
         let verifiers = [&a.jwt_secret, &a.jwt_public_key, &a.jwt_jwks_url]
@@ -330,6 +377,14 @@ impl Settings {
         if a.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
             return fail("JWT_SECRET is shorter than 16 bytes; use a longer random secret");
         }
+        within("JWT_LEEWAY_SECS", a.leeway_secs, 0, HOUR)?;
+        within("JWKS_TIMEOUT_MS", a.jwks_timeout_ms, 1, 60_000)?;
+        within("JWKS_MIN_REFRESH_SECS", a.jwks_min_refresh_secs, 0, DAY)?;
+        within("JWKS_MAX_REFRESH_SECS", a.jwks_max_refresh_secs, 1, DAY)?;
+        within("JWKS_REFRESH_SECS", a.jwks_refresh_secs, 1, DAY)?;
+        if a.jwks_min_refresh_secs > a.jwks_max_refresh_secs {
+            return fail("JWKS_MIN_REFRESH_SECS must not exceed JWKS_MAX_REFRESH_SECS");
+        }
         if let Some(url) = a.jwt_jwks_url.as_deref().filter(|u| !u.is_empty()) {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return fail("JWT_JWKS_URL must be an http:// or https:// URL");
@@ -339,22 +394,27 @@ impl Settings {
             if self.kafka.topics.is_empty() {
                 return fail("KAFKA_TOPICS is empty; name at least one topic (default task-updates)");
             }
-            if self.kafka.metadata_refresh_secs == 0 {
-                return fail("KAFKA_METADATA_REFRESH_SECS must be at least 1");
-            }
+            within(
+                "KAFKA_METADATA_REFRESH_SECS",
+                self.kafka.metadata_refresh_secs,
+                1,
+                HOUR,
+            )?;
         }
         let d = &self.dapr;
-        if !d.route.starts_with('/')
-            || ["/ws", "/health", "/ready", "/dapr/subscribe"].contains(&d.route.as_str())
-        {
-            return fail("DAPR_ROUTE must be a path starting with / and not one of the service's own routes");
+        validate_route(&d.route)?;
+        if d.enabled && !d.insecure_no_app_token && d.app_api_token.as_deref().is_none_or(str::is_empty) {
+            return fail(
+                "DAPR_ENABLED=true needs APP_API_TOKEN (the sidecar's app token, dapr.io/app-token-secret); \
+                 without it anyone who reaches the port could inject events. For a local experiment \
+                 only, DAPR_INSECURE_NO_APP_TOKEN=true accepts deliveries without it",
+            );
         }
         if d.pubsub_name.is_empty() || d.topic.is_empty() {
             return fail("DAPR_PUBSUB_NAME and DAPR_TOPIC must not be empty");
         }
-        if self.dedup.window_secs == 0 || self.dedup.capacity == 0 {
-            return fail("DEDUP_WINDOW_SECS and DEDUP_CAPACITY must be at least 1");
-        }
+        within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
+        within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return fail("LOG_FORMAT must be `text` or `json`");
         }
@@ -373,6 +433,52 @@ impl Settings {
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.server.client_timeout_secs)
     }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.write_timeout_secs)
+    }
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Paths the gateway serves itself; `DAPR_ROUTE` may not take one of them.
+pub const RESERVED_PATHS: &[&str] = &["/ws", "/health", "/ready", "/metrics", "/dapr/subscribe"];
+
+/// Prefixes the gateway keeps for its own routes.
+const RESERVED_PREFIXES: &[&str] = &["/api/", "/events", "/dapr/"];
+
+fn within(name: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError(format!(
+        "{name} must be between {min} and {max}, got {value}"
+    )))
+}
+
+/// The Dapr delivery path: a plain absolute path that does not shadow one of the gateway's own.
+fn validate_route(route: &str) -> Result<(), ConfigError> {
+    let plain = route.len() <= 256
+        && route.starts_with('/')
+        && route.len() > 1
+        && !route.contains("//")
+        && route
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    if !plain {
+        return Err(ConfigError(format!(
+            "DAPR_ROUTE must be a path such as /task-updates (letters, digits, / - _ . ~), got {route:?}"
+        )));
+    }
+    if RESERVED_PATHS.contains(&route) || RESERVED_PREFIXES.iter().any(|p| route.starts_with(p)) {
+        return Err(ConfigError(format!(
+            "DAPR_ROUTE {route} collides with one of the gateway's own routes ({}, {}*); choose another path",
+            RESERVED_PATHS.join(", "),
+            RESERVED_PREFIXES.join("*, ")
+        )));
+    }
+    Ok(())
 }
 
 /// The config crate names the key (`server.port`); operators know the variable (`PORT`).
@@ -408,6 +514,55 @@ mod tests {
     fn better_auth_secret_is_an_alias() {
         let s = Settings::load(env(&[("BETTER_AUTH_SECRET", "0123456789abcdef")])).unwrap();
         assert_eq!(s.auth.jwt_secret.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
+    fn absurd_durations_and_colliding_routes_are_refused() {
+        let secret = ("JWT_SECRET", "0123456789abcdef");
+        for (name, value) in [
+            ("HEARTBEAT_INTERVAL_SECS", "18446744073709551615"),
+            ("CLIENT_TIMEOUT_SECS", "99999999999"),
+            ("KAFKA_METADATA_REFRESH_SECS", "18446744073709551615"),
+            ("WRITE_TIMEOUT_SECS", "0"),
+            ("DEDUP_WINDOW_SECS", "0"),
+        ] {
+            let err = Settings::load(env(&[secret, ("KAFKA_BROKERS", "k:9092"), (name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
+        for route in [
+            "/ws",
+            "/metrics",
+            "/api/publish",
+            "/events/poll",
+            "tasks",
+            "/a b",
+            "/dapr/x",
+        ] {
+            let err = Settings::load(env(&[secret, ("DAPR_ROUTE", route)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("DAPR_ROUTE"), "{route}: {err}");
+        }
+        assert!(Settings::load(env(&[secret, ("DAPR_ROUTE", "/orders/v1")])).is_ok());
+    }
+
+    #[test]
+    fn dapr_delivery_needs_an_app_token_or_an_explicit_opt_out() {
+        let secret = ("JWT_SECRET", "0123456789abcdef");
+        let err = Settings::load(env(&[secret, ("DAPR_ENABLED", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("APP_API_TOKEN"), "{err}");
+        let with_token = Settings::load(env(&[secret, ("DAPR_ENABLED", "true"), ("APP_API_TOKEN", "t")]));
+        assert!(with_token.unwrap().dapr.enabled);
+        let opted_out = Settings::load(env(&[
+            secret,
+            ("DAPR_ENABLED", "true"),
+            ("DAPR_INSECURE_NO_APP_TOKEN", "true"),
+        ]));
+        assert!(opted_out.unwrap().dapr.insecure_no_app_token);
     }
 
     #[test]

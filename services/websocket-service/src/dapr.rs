@@ -1,5 +1,5 @@
 //! The Dapr pub/sub path: the sidecar discovers the subscription at `GET /dapr/subscribe` and
-//! delivers events to `POST <DAPR_ROUTE>` (`shared/contracts/dapr.md`).
+//! delivers events to `POST <DAPR_ROUTE>` (`docs/dapr-contract.md`).
 //!
 //! The answers follow the sidecar's rules: `SUCCESS` once an event is routed (whether or not its
 //! user is connected here), `DROP` for what can never succeed. A bad event is never answered with
@@ -25,10 +25,17 @@ const DROP: &str = "DROP";
 /// `GET /dapr/subscribe`: the programmatic subscription, or `[]` when the deployment declares a
 /// Subscription resource instead (`DAPR_SUBSCRIBE=false`).
 pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let d = &state.settings.dapr;
+    if !d.enabled {
+        warn_once(
+            &SUBSCRIBE_WHILE_OFF,
+            "a Dapr sidecar asked for subscriptions but DAPR_ENABLED is false: answering none",
+        );
+        return HttpResponse::Ok().json(json!([]));
+    }
     if let Some(refused) = refuse_without_app_token(&req, &state) {
         return refused;
     }
-    let d = &state.settings.dapr;
     if !d.subscribe {
         return HttpResponse::Ok().json(json!([]));
     }
@@ -55,6 +62,18 @@ pub async fn subscribe(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
 /// `POST <DAPR_ROUTE>`: one event (CloudEvent, raw payload, or a bare envelope), or a bulk
 /// delivery.
 pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if !state.settings.dapr.enabled {
+        // Never 404 (the sidecar would drop the event for good) and never SUCCESS (nothing is
+        // delivered): 503, which the sidecar retries until the operator turns delivery on.
+        warn_once(
+            &DELIVERY_WHILE_OFF,
+            "a Dapr delivery arrived but DAPR_ENABLED is false: answering 503 so the sidecar retries",
+        );
+        state.stats.dapr_answer("DISABLED");
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "5"))
+            .json(json!({"error": "dapr delivery is not enabled on this gateway (DAPR_ENABLED)"}));
+    }
     if let Some(refused) = refuse_without_app_token(&req, &state) {
         return refused;
     }
@@ -78,7 +97,15 @@ pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
 
 const BULK_TYPE: &str = "com.dapr.event.sent.bulk";
 
-/// The fields that tell the delivery's shape apart; everything else is read later.
+static SUBSCRIBE_WHILE_OFF: std::sync::Once = std::sync::Once::new();
+static DELIVERY_WHILE_OFF: std::sync::Once = std::sync::Once::new();
+
+fn warn_once(once: &'static std::sync::Once, message: &'static str) {
+    once.call_once(|| tracing::warn!("{message}"));
+}
+
+/// The fields that tell the delivery's shape apart; everything else is read later. Entries stay
+/// raw, so that one malformed entry is answered on its own instead of failing the body.
 #[derive(Deserialize)]
 struct Probe<'a> {
     #[serde(rename = "type")]
@@ -86,37 +113,60 @@ struct Probe<'a> {
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     data_base64: Option<String>,
-    entries: Option<Vec<BulkEntry>>,
+    #[serde(borrow)]
+    entries: Option<Vec<&'a RawValue>>,
 }
 
+/// One bulk entry, read leniently: only a missing `entryId` makes it unanswerable.
 #[derive(Deserialize)]
-struct BulkEntry {
-    #[serde(rename = "entryId")]
-    entry_id: Option<String>,
+struct BulkEntry<'a> {
+    #[serde(rename = "entryId", borrow)]
+    entry_id: Option<&'a RawValue>,
     /// A CloudEvent object, or (raw payload mode) the record bytes as a base64 string.
-    event: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    event: Option<&'a RawValue>,
+    /// Usually an object of strings; anything else (null included) counts as empty.
     #[serde(default)]
-    metadata: serde_json::Map<String, Value>,
+    metadata: Value,
 }
 
-fn bulk(state: &AppState, entries: Vec<BulkEntry>) -> HttpResponse {
+fn bulk(state: &AppState, entries: Vec<&RawValue>) -> HttpResponse {
     let mut statuses = Vec::with_capacity(entries.len());
-    for entry in entries {
-        // An entry without an id cannot be answered; the sidecar retries what it gets no answer for.
-        let Some(entry_id) = entry.entry_id else { continue };
+    for raw in entries {
+        let Ok(entry) = serde_json::from_str::<BulkEntry<'_>>(raw.get()) else {
+            // Not an object: there is no id to answer, and the sidecar retries what it gets no
+            // answer for. A real sidecar never sends this.
+            state
+                .stats
+                .event_malformed(&Origin::dapr_unknown(), &"bulk entry is not an object");
+            continue;
+        };
+        let Some(entry_id) = entry.entry_id.filter(|id| id.get() != "null") else {
+            state
+                .stats
+                .event_malformed(&Origin::dapr_unknown(), &"bulk entry without an entryId");
+            continue;
+        };
         let origin = origin_from_metadata(&entry.metadata);
-        let raw = entry.event.as_deref().map(RawValue::get).unwrap_or_default();
-        let answer = match raw.as_bytes().first() {
-            Some(b'"') => match serde_json::from_str::<String>(raw) {
-                Ok(encoded) => route_raw(state, &encoded, origin),
-                Err(_) => DROP,
-            },
-            Some(b'{') => route_json(state, raw.as_bytes(), origin),
-            _ => {
-                state
-                    .stats
-                    .event_malformed(&origin, &"bulk entry without an event");
-                DROP
+        let answer = if !entry_id.get().starts_with('"') {
+            // Dapr's entry ids are strings; answer the odd one with its id as given.
+            state
+                .stats
+                .event_malformed(&origin, &"bulk entryId is not a string");
+            DROP
+        } else {
+            match entry.event.map(RawValue::get) {
+                Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+                    Ok(encoded) => route_raw(state, &encoded, origin),
+                    Err(_) => DROP,
+                },
+                Some(raw) if raw.starts_with('{') => route_json(state, raw.as_bytes(), origin),
+                _ => {
+                    state
+                        .stats
+                        .event_malformed(&origin, &"bulk entry without an event");
+                    DROP
+                }
             }
         };
         count(state, answer);
@@ -186,12 +236,21 @@ fn origin_from(headers: &HeaderMap) -> Origin<'_> {
     }
 }
 
-fn origin_from_metadata(metadata: &serde_json::Map<String, Value>) -> Origin<'_> {
-    let get = |name: &str| metadata.get(name).and_then(Value::as_str);
+fn origin_from_metadata(metadata: &Value) -> Origin<'_> {
+    let get = |name: &str| metadata.get(name);
+    let text = |name: &str| get(name).and_then(Value::as_str);
+    // The sidecar sends strings; accept numbers too.
+    let number = |name: &str| {
+        get(name).and_then(|v| match v {
+            Value::String(s) => s.parse().ok(),
+            Value::Number(n) => n.as_i64(),
+            _ => None,
+        })
+    };
     Origin::Dapr {
-        topic: get("__topic"),
-        partition: get("__partition").and_then(|v| v.parse().ok()),
-        offset: get("__offset").and_then(|v| v.parse().ok()),
-        timestamp_ms: get("__timestamp").and_then(|v| v.parse().ok()),
+        topic: text("__topic"),
+        partition: number("__partition").and_then(|p| i32::try_from(p).ok()),
+        offset: number("__offset"),
+        timestamp_ms: number("__timestamp"),
     }
 }

@@ -1,37 +1,111 @@
-//! Readiness: each source (Kafka, JWKS, ...) reports whether it works, and why not.
+//! Readiness: whether this replica can serve, and what is wrong when it is degraded.
 //!
-//! `/ready` answers 200 only when every registered source is ready; liveness (`/health`) never
-//! depends on this.
+//! The rule (README, "Readiness"): a replica is unready while something it needs before it can
+//! serve correctly is missing (its sources have not caught up once since start, its token keys
+//! have never loaded) and while it drains. A later outage of something shared by every replica,
+//! such as the Kafka brokers, does not make it unready: all replicas would leave the Service at
+//! once and reconnecting clients would find no endpoint, while the open sessions still work.
+//! Such an outage is reported as `degraded` (the body of `/ready`, the `gateway_source_up`
+//! metric, a log line on each change) instead.
+//!
+//! `/health` (liveness) never depends on any of this.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Shared, cheap to clone.
 #[derive(Clone, Default)]
 pub struct Readiness {
-    /// Source name -> `None` when ready, or the reason it is not.
-    sources: Arc<Mutex<BTreeMap<&'static str, Option<String>>>>,
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Conditions that keep the replica unready, by part, with the reason.
+    gates: BTreeMap<&'static str, String>,
+    /// Problems that do not make it unready, by part, with the reason.
+    degraded: BTreeMap<&'static str, String>,
+}
+
+/// What `/ready` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub ready: bool,
+    /// Why it is not ready.
+    pub gates: BTreeMap<&'static str, String>,
+    /// What is wrong although it is ready.
+    pub degraded: BTreeMap<&'static str, String>,
 }
 
 impl Readiness {
-    pub fn set_ready(&self, source: &'static str) {
-        self.sources.lock().expect("readiness lock").insert(source, None);
+    /// `part` must be done before the replica serves (start-up catch-up, drain).
+    pub fn gate(&self, part: &'static str, reason: impl Into<String>) {
+        self.inner.lock().gates.insert(part, reason.into());
     }
 
-    pub fn set_not_ready(&self, source: &'static str, reason: impl Into<String>) {
-        self.sources
-            .lock()
-            .expect("readiness lock")
-            .insert(source, Some(reason.into()));
+    /// `part` no longer holds the replica back.
+    pub fn open(&self, part: &'static str) {
+        self.inner.lock().gates.remove(part);
     }
 
-    /// The reasons of every source that is not ready; empty when ready.
-    pub fn problems(&self) -> BTreeMap<&'static str, String> {
-        self.sources
-            .lock()
-            .expect("readiness lock")
-            .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
-            .collect()
+    /// Whether `part` still holds the replica back.
+    pub fn is_gated(&self, part: &'static str) -> bool {
+        self.inner.lock().gates.contains_key(part)
+    }
+
+    /// `part` works badly; logged when the reason changes.
+    pub fn degrade(&self, part: &'static str, reason: impl Into<String>) {
+        let reason = reason.into();
+        let previous = self.inner.lock().degraded.insert(part, reason.clone());
+        if previous.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(part, reason, "degraded");
+        }
+    }
+
+    /// `part` works again; logged when it was degraded.
+    pub fn recover(&self, part: &'static str) {
+        if self.inner.lock().degraded.remove(part).is_some() {
+            tracing::info!(part, "recovered");
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let state = self.inner.lock();
+        Report {
+            ready: state.gates.is_empty(),
+            gates: state.gates.clone(),
+            degraded: state.degraded.clone(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.inner.lock().gates.is_empty()
+    }
+
+    /// Whether `part` is reported degraded.
+    pub fn is_degraded(&self, part: &'static str) -> bool {
+        self.inner.lock().degraded.contains_key(part)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_decide_readiness_degradation_does_not() {
+        let r = Readiness::default();
+        assert!(r.is_ready());
+        r.gate("kafka", "catching up");
+        assert!(!r.is_ready());
+        r.open("kafka");
+        r.degrade("kafka", "all brokers down");
+        let report = r.report();
+        assert!(report.ready, "a later outage keeps the replica in the Service");
+        assert_eq!(report.degraded["kafka"], "all brokers down");
+        r.recover("kafka");
+        assert!(r.report().degraded.is_empty());
     }
 }

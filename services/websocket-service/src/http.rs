@@ -1,19 +1,50 @@
-//! The HTTP server and its routes: `GET /ws`, `GET /health`, `GET /ready`, and the Dapr routes
-//! `GET /dapr/subscribe` and `POST <DAPR_ROUTE>`.
+//! The two HTTP listeners and their routes.
+//!
+//! - Public (`PORT`, 8005): what browsers and the platform call: `GET /ws`, `GET /health`,
+//!   `GET /ready`, and the Dapr routes (`GET /dapr/subscribe`, `POST <DAPR_ROUTE>`), because
+//!   existing deployments point their sidecar at 8005 (`dapr.io/app-port`). The Dapr routes are
+//!   off unless `DAPR_ENABLED`, and then require the sidecar's app token.
+//! - Internal (`INTERNAL_HOST:INTERNAL_PORT`, loopback:9005 by default): what only the cluster
+//!   calls: `GET /metrics` (and the server API), plus `/health`, `/ready` and the Dapr routes, so
+//!   a sidecar can be pointed here too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::dapr;
 use crate::session::ws_route;
 use crate::AppState;
 
-/// Builds the server on an already bound listener (tests bind port 0).
-pub fn server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::Result<Server> {
+/// The bound sockets the gateway serves on (tests bind port 0).
+pub struct Listeners {
+    pub public: std::net::TcpListener,
+    pub internal: std::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `HOST:PORT` and `INTERNAL_HOST:INTERNAL_PORT`.
+    pub fn bind(settings: &crate::config::ServerSettings) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let public = std::net::TcpListener::bind((settings.host.as_str(), settings.port))
+            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
+        let internal = std::net::TcpListener::bind((settings.internal_host.as_str(), settings.internal_port))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}:{} (INTERNAL_HOST, INTERNAL_PORT)",
+                    settings.internal_host, settings.internal_port
+                )
+            })?;
+        Ok(Listeners { public, internal })
+    }
+}
+
+/// The public server on an already bound listener.
+pub fn public_server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::Result<Server> {
     let server = &state.settings.server;
     let workers = match server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -30,13 +61,7 @@ pub fn server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::
             .route("/ws", web::get().to(ws_route))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
-            .route("/metrics", web::get().to(metrics))
-            .route("/dapr/subscribe", web::get().to(dapr::subscribe))
-            .service(
-                web::resource(dapr_route.as_str())
-                    .app_data(web::PayloadConfig::new(dapr::MAX_BODY_BYTES))
-                    .route(web::post().to(dapr::deliver)),
-            )
+            .configure(|cfg| dapr_routes(cfg, &dapr_route))
     })
     .workers(workers)
     .max_connections(per_worker_cap)
@@ -45,10 +70,40 @@ pub fn server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::
     .client_request_timeout(Duration::from_secs(5))
     .client_disconnect_timeout(Duration::from_secs(1))
     .disable_signals()
-    .shutdown_timeout(5)
+    .shutdown_timeout(1)
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// The internal server: one worker is plenty for scrapes and server calls.
+pub fn internal_server(state: Arc<AppState>, listener: std::net::TcpListener) -> anyhow::Result<Server> {
+    let data = web::Data::from(state.clone());
+    let dapr_route = state.settings.dapr.route.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/metrics", web::get().to(metrics))
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .configure(|cfg| dapr_routes(cfg, &dapr_route))
+    })
+    .workers(1)
+    .client_request_timeout(Duration::from_secs(5))
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+fn dapr_routes(cfg: &mut web::ServiceConfig, route: &str) {
+    cfg.route("/dapr/subscribe", web::get().to(dapr::subscribe))
+        .service(
+            web::resource(route)
+                .app_data(web::PayloadConfig::new(dapr::MAX_BODY_BYTES))
+                .route(web::post().to(dapr::deliver)),
+        );
 }
 
 /// Liveness (existing contract): `{"status":"healthy","connections":N}`.
@@ -59,24 +114,51 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
-/// Prometheus metrics (OpenMetrics text).
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics (OpenMetrics text). With `METRICS_TOKEN` set, a bearer token is required.
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(expected) = state
+        .settings
+        .server
+        .metrics_token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+    {
+        let given = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return HttpResponse::Unauthorized()
+                .json(json!({"error": "metrics need METRICS_TOKEN as a bearer token"}));
+        }
+    }
     let body = state.stats.encode(
         state.registry.connections(),
         state.registry.users(),
-        state.readiness.problems().is_empty(),
+        &state.readiness.report(),
     );
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(body)
 }
 
-/// Readiness: 200 when every configured source works, else 503 with the reasons.
+/// Readiness: 200 while this replica can serve (possibly degraded, with the reasons), 503 while
+/// it starts or drains.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let problems = state.readiness.problems();
-    if problems.is_empty() {
-        HttpResponse::Ok().json(json!({"status": "ready"}))
+    let report = state.readiness.report();
+    let mut body = if report.ready {
+        json!({"status": "ready"})
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready", "reasons": problems}))
+        json!({"status": "not_ready", "reasons": report.gates})
+    };
+    if !report.degraded.is_empty() {
+        body["degraded"] = json!(report.degraded);
+    }
+    if report.ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
     }
 }

@@ -6,11 +6,17 @@
 //! with ("WORKERS=1 required"). Nothing is committed: the gateway starts live (at the end of each
 //! partition as it is first seen) and keeps no position across restarts.
 //!
-//! A discovery task refreshes metadata every `KAFKA_METADATA_REFRESH_SECS`: it assigns partitions
-//! that appeared (from their beginning, so nothing written to a new partition is missed) and keeps
-//! `/ready` truthful. librdkafka reconnects by itself when brokers come and go.
+//! A discovery task refreshes metadata every `KAFKA_METADATA_REFRESH_SECS`: it assigns topics and
+//! partitions that appeared after start from their beginning (so nothing written to them before
+//! the refresh is missed) and reports the source's health. librdkafka reconnects by itself when
+//! brokers come and go.
+//!
+//! Readiness (see `health`): the source holds the replica back until its first assignment is
+//! done; a later broker outage is reported as degraded, not unready.
 
 use std::collections::{BTreeSet, HashSet};
+
+use futures_util::StreamExt as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,8 +74,7 @@ struct Context {
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.readiness
-                .set_not_ready(SOURCE, format!("all brokers down: {reason}"));
+            report(&self.readiness, format!("all brokers down: {reason}"));
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -96,15 +101,31 @@ impl ConsumerContext for Context {}
 
 type Gateway = StreamConsumer<Context>;
 
-/// Starts the consumer and its discovery task; both stop when `shutdown` is cancelled.
+/// A problem of the source: it keeps the replica unready while the source has not caught up once
+/// since start, and is reported as degraded afterwards.
+fn report(readiness: &Readiness, reason: String) {
+    if readiness.is_gated(SOURCE) {
+        readiness.gate(SOURCE, reason);
+    } else {
+        readiness.degrade(SOURCE, reason);
+    }
+}
+
+/// The running source: the consumer and its discovery task. The consume loop is started by the
+/// caller under supervision (see [`Source::consume`]).
+pub struct Source {
+    consumer: Arc<Gateway>,
+    pub discovery: tokio::task::JoinHandle<()>,
+}
+
+/// Creates the consumer and starts its discovery task, which stops when `shutdown` is cancelled.
 pub fn start(
     settings: &KafkaSettings,
-    router: Arc<Router>,
     stats: Arc<Stats>,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    readiness.set_not_ready(SOURCE, "connecting to brokers");
+) -> anyhow::Result<Source> {
+    readiness.gate(SOURCE, "connecting to brokers");
     let mut config = client_config(settings);
     // Lag comes from librdkafka's statistics; an operator's own interval wins.
     if !settings.properties.contains_key("statistics.interval.ms") {
@@ -129,26 +150,50 @@ pub fn start(
         refresh: Duration::from_secs(settings.metadata_refresh_secs),
         readiness,
         assigned: HashSet::new(),
-        seen_topics: HashSet::new(),
+        started: false,
     };
-    Ok(vec![
-        tokio::spawn(discovery.run(shutdown.clone())),
-        tokio::spawn(consume(consumer, router, shutdown)),
-    ])
+    Ok(Source {
+        consumer,
+        discovery: tokio::spawn(discovery.run(shutdown)),
+    })
+}
+
+impl Source {
+    /// The consume loop, as a future that can be started again: a restarted loop goes on from
+    /// the consumer's position, after the record that was being handled.
+    pub fn consume(
+        &self,
+        router: Arc<Router>,
+        shutdown: CancellationToken,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static {
+        let consumer = self.consumer.clone();
+        move || Box::pin(consume(consumer.clone(), router.clone(), shutdown.clone()))
+    }
 }
 
 /// Reads records in partition order and routes each one; a bad record is counted and skipped.
+/// Receive errors are retried with a growing pause (100 ms doubling to 5 s), so a broken broker
+/// connection does not spin.
 async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: CancellationToken) {
+    let mut failures: u32 = 0;
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
             received = consumer.recv() => received,
         };
         let msg = match received {
-            Ok(msg) => msg,
+            Ok(msg) => {
+                failures = 0;
+                msg
+            }
             Err(error) => {
-                tracing::warn!(%error, "kafka receive failed");
-                continue;
+                failures = failures.saturating_add(1);
+                let pause = receive_backoff(failures);
+                tracing::warn!(%error, failures, pause_ms = pause.as_millis() as u64, "kafka receive failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(pause) => continue,
+                }
             }
         };
         router.record_consumed(msg.topic(), msg.partition());
@@ -163,6 +208,12 @@ async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: Cancella
     }
 }
 
+/// The pause after `failures` receive errors in a row.
+fn receive_backoff(failures: u32) -> Duration {
+    let ms = 100u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_millis(ms.min(5_000))
+}
+
 /// Keeps the assignment equal to "every partition of every configured topic".
 struct Discovery {
     consumer: Arc<Gateway>,
@@ -172,8 +223,9 @@ struct Discovery {
     readiness: Readiness,
     /// Partitions assigned so far; never unassigned (a topic that vanishes comes back).
     assigned: HashSet<(String, i32)>,
-    /// Topics whose partitions were seen once: later partitions are new and read from the start.
-    seen_topics: HashSet<String>,
+    /// Whether the first metadata round succeeded: what it found is read live, whatever appears
+    /// after it (a topic or a partition) is read from its beginning.
+    started: bool,
 }
 
 impl Discovery {
@@ -184,11 +236,17 @@ impl Discovery {
                 created = self.create_topics().await;
             }
             match self.refresh_once().await {
-                Ok(()) => self.readiness.set_ready(SOURCE),
-                Err(reason) => {
-                    tracing::warn!(reason, "kafka source not ready");
-                    self.readiness.set_not_ready(SOURCE, reason);
+                Ok(missing) => {
+                    // Caught up: the start is live, so the first assignment is the catch-up.
+                    self.readiness.open(SOURCE);
+                    if missing.is_empty() {
+                        self.readiness.recover(SOURCE);
+                    } else {
+                        self.readiness
+                            .degrade(SOURCE, format!("topic not found: {}", missing.join(", ")));
+                    }
                 }
+                Err(reason) => report(&self.readiness, reason),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -225,8 +283,9 @@ impl Discovery {
         }
     }
 
-    /// One metadata round: assigns new partitions. `Err` says why the source is not ready.
-    async fn refresh_once(&mut self) -> Result<(), String> {
+    /// One metadata round: assigns new partitions. Returns the topics that were not found, or
+    /// why the round failed.
+    async fn refresh_once(&mut self) -> Result<Vec<String>, String> {
         let consumer = self.consumer.clone();
         let topics = self.topics.clone();
         let timeout = self.refresh.min(Duration::from_secs(5));
@@ -235,46 +294,53 @@ impl Discovery {
             .await
             .map_err(|e| format!("metadata task failed: {e}"))??;
 
-        let (new, missing) = plan(&self.topics, &found, &self.assigned, &self.seen_topics);
+        let (new, missing) = plan(&self.topics, &found, &self.assigned, self.started);
         if !new.is_empty() {
             self.assign(new).await?;
         }
-        if !missing.is_empty() {
-            return Err(format!("topic not found: {}", missing.join(", ")));
-        }
-        Ok(())
+        self.started = true;
+        Ok(missing)
     }
 
     async fn assign(&mut self, new: Vec<(String, i32, bool)>) -> Result<(), String> {
+        // A partition first seen after start is read from its beginning. One first seen at start
+        // is read live, from the high watermark read now (not `Offset::End`, which librdkafka
+        // resolves later: a record produced in between would be skipped). The watermarks are
+        // asked for concurrently, a few at a time, each bounded by the refresh interval.
+        let timeout = self.refresh.min(Duration::from_secs(5));
         let consumer = self.consumer.clone();
-        let planned = new.clone();
-        // A partition of a topic seen before is new: read it from the beginning. Otherwise start
-        // live, at the high watermark read now (not `Offset::End`, which librdkafka resolves
-        // later: a record produced in between would be skipped).
-        let tpl = tokio::task::spawn_blocking(move || -> Result<TopicPartitionList, String> {
-            let mut tpl = TopicPartitionList::new();
-            for (topic, partition, from_start) in &planned {
-                let offset = if *from_start {
-                    Offset::Beginning
-                } else {
-                    let (_, high) = consumer
-                        .fetch_watermarks(topic, *partition, Duration::from_secs(5))
-                        .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))?;
-                    Offset::Offset(high)
-                };
-                tpl.add_partition_offset(topic, *partition, offset)
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(tpl)
-        })
-        .await
-        .map_err(|e| format!("assignment task failed: {e}"))??;
+        let offsets: Vec<Result<(String, i32, Offset), String>> =
+            futures_util::stream::iter(new.iter().cloned())
+                .map(|(topic, partition, from_start)| {
+                    let consumer = consumer.clone();
+                    async move {
+                        if from_start {
+                            return Ok((topic, partition, Offset::Beginning));
+                        }
+                        tokio::task::spawn_blocking(move || {
+                            consumer
+                                .fetch_watermarks(&topic, partition, timeout)
+                                .map(|(_, high)| (topic.clone(), partition, Offset::Offset(high)))
+                                .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))
+                        })
+                        .await
+                        .map_err(|e| format!("watermark task failed: {e}"))?
+                    }
+                })
+                .buffer_unordered(16)
+                .collect()
+                .await;
+        let mut tpl = TopicPartitionList::new();
+        for offset in offsets {
+            let (topic, partition, offset) = offset?;
+            tpl.add_partition_offset(&topic, partition, offset)
+                .map_err(|e| e.to_string())?;
+        }
         self.consumer
             .incremental_assign(&tpl)
             .map_err(|e| format!("assign failed: {e}"))?;
         for (topic, partition, from_start) in new {
             tracing::info!(topic, partition, from_start, "kafka partition assigned");
-            self.seen_topics.insert(topic.clone());
             self.assigned.insert((topic, partition));
         }
         Ok(())
@@ -282,12 +348,13 @@ impl Discovery {
 }
 
 /// What one metadata round means: partitions to assign, each with whether to read it from the
-/// beginning (a new partition of a topic seen before) or live, and the topics that were not found.
+/// beginning (anything first seen after the first round, `started`) or live, and the topics that
+/// were not found.
 fn plan(
     topics: &[String],
     found: &BTreeSet<(String, i32)>,
     assigned: &HashSet<(String, i32)>,
-    seen_topics: &HashSet<String>,
+    started: bool,
 ) -> (Vec<(String, i32, bool)>, Vec<String>) {
     let mut new = Vec::new();
     let mut missing = Vec::new();
@@ -296,7 +363,7 @@ fn plan(
         for (_, partition) in found.iter().filter(|(t, _)| t == topic) {
             any = true;
             if !assigned.contains(&(topic.clone(), *partition)) {
-                new.push((topic.clone(), *partition, seen_topics.contains(topic)));
+                new.push((topic.clone(), *partition, started));
             }
         }
         if !any {
@@ -338,24 +405,22 @@ mod tests {
     }
 
     #[test]
-    fn first_sight_is_live_later_partitions_from_the_start() {
+    fn first_round_is_live_everything_later_from_the_start() {
         let topics = vec!["a".to_string(), "b".to_string()];
         let mut assigned = HashSet::new();
-        let mut seen = HashSet::new();
 
         // First round: a has two partitions, b does not exist yet.
-        let (new, missing) = plan(&topics, &set(&[("a", 0), ("a", 1)]), &assigned, &seen);
+        let (new, missing) = plan(&topics, &set(&[("a", 0), ("a", 1)]), &assigned, false);
         assert_eq!(new, vec![("a".into(), 0, false), ("a".into(), 1, false)]);
         assert_eq!(missing, vec!["b".to_string()]);
         for (t, p, _) in new {
-            seen.insert(t.clone());
             assigned.insert((t, p));
         }
 
-        // Next round: a grew a partition (read from its beginning), b appeared (live).
+        // Next round: a grew a partition, b appeared: both read from their beginning.
         let found = set(&[("a", 0), ("a", 1), ("a", 2), ("b", 0)]);
-        let (new, missing) = plan(&topics, &found, &assigned, &seen);
-        assert_eq!(new, vec![("a".into(), 2, true), ("b".into(), 0, false)]);
+        let (new, missing) = plan(&topics, &found, &assigned, true);
+        assert_eq!(new, vec![("a".into(), 2, true), ("b".into(), 0, true)]);
         assert!(missing.is_empty());
     }
 
@@ -363,9 +428,14 @@ mod tests {
     fn a_vanished_topic_keeps_its_assignment_and_is_reported() {
         let topics = vec!["a".to_string()];
         let assigned: HashSet<_> = [("a".to_string(), 0)].into();
-        let seen: HashSet<_> = ["a".to_string()].into();
-        let (new, missing) = plan(&topics, &BTreeSet::new(), &assigned, &seen);
+        let (new, missing) = plan(&topics, &BTreeSet::new(), &assigned, true);
         assert!(new.is_empty());
         assert_eq!(missing, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn receive_errors_back_off() {
+        let pauses: Vec<u64> = (1..=9).map(|n| receive_backoff(n).as_millis() as u64).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }

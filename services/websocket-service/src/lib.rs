@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: settings from defaults, an optional TOML file and the environment; validated.
 //! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
-//! - [`http`]: the HTTP server: `/ws`, `/health`, `/ready`.
+//! - [`http`]: the public listener (`/ws`, `/health`, `/ready`, Dapr) and the internal one
+//!   (`/metrics`, the server API).
 //! - [`session`]: one WebSocket connection: upgrade, auth, write loop, heartbeat, close codes.
 //! - [`protocol`]: the messages on the socket and the close codes.
 //! - [`registry`]: user id -> open sessions, each with a bounded mailbox; connection limits.
@@ -12,7 +13,8 @@
 //! - [`kafka`]: the direct Kafka source (every partition, no consumer group).
 //! - [`dapr`]: the Dapr pub/sub path: subscription discovery, delivery route, app token.
 //! - [`dedup`]: one event, one delivery, within a bounded window.
-//! - [`health`]: readiness of each source.
+//! - [`health`]: readiness: what holds the replica back, what is degraded.
+//! - [`supervise`]: restarts background tasks that panic.
 //! - [`telemetry`]: logging and counters.
 //!
 //! [`Gateway`] ties them together; `main.rs` only reads the environment and signals.
@@ -31,6 +33,7 @@ pub mod protocol;
 pub mod registry;
 pub mod router;
 pub mod session;
+pub mod supervise;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -49,16 +52,25 @@ pub struct AppState {
     pub router: Arc<router::Router>,
     /// Set on SIGTERM: new upgrades are refused with 503.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Upgrades accepted but not yet admitted or refused (their token is being verified): the
+    /// drain waits for them too, so each gets its close.
+    pub upgrading: std::sync::atomic::AtomicUsize,
 }
 
 /// A configured gateway, not yet serving.
 pub struct Gateway {
     state: Arc<AppState>,
+    /// The Kafka source, when configured; its discovery runs from construction on.
+    kafka: Option<kafka::Source>,
+    /// Stops the sources. Cancelled after the drain: they keep feeding the sessions still open.
+    sources: CancellationToken,
 }
 
 impl Gateway {
     /// Builds every part from the settings. Must be called inside a Tokio runtime (a JWKS is
-    /// fetched in the background right away).
+    /// fetched and Kafka metadata is read in the background right away). An error here is a
+    /// configuration the service cannot run with (a key that does not parse, a librdkafka
+    /// property it rejects).
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let readiness = health::Readiness::default();
         let auth = auth::Authenticator::from_settings(&settings.auth, &readiness)?;
@@ -73,6 +85,24 @@ impl Gateway {
             settings.dedup.capacity,
         );
         let router = Arc::new(router::Router::new(registry.clone(), stats.clone(), dedup));
+        let sources = CancellationToken::new();
+        let kafka = if settings.kafka_enabled() {
+            Some(kafka::start(
+                &settings.kafka,
+                stats.clone(),
+                readiness.clone(),
+                sources.clone(),
+            )?)
+        } else {
+            tracing::info!("no KAFKA_BROKERS: direct Kafka source disabled");
+            None
+        };
+        if settings.dapr.enabled && settings.dapr.app_api_token.as_deref().is_none_or(str::is_empty) {
+            tracing::warn!(
+                "DAPR_INSECURE_NO_APP_TOKEN=true: anyone who reaches the Dapr route can inject events; \
+                 never run like this outside a local experiment"
+            );
+        }
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -81,8 +111,13 @@ impl Gateway {
             readiness,
             router,
             draining: std::sync::atomic::AtomicBool::new(false),
+            upgrading: std::sync::atomic::AtomicUsize::new(0),
         });
-        Ok(Gateway { state })
+        Ok(Gateway {
+            state,
+            kafka,
+            sources,
+        })
     }
 
     /// Counters, for tests and the benchmark.
@@ -95,80 +130,99 @@ impl Gateway {
         self.state.router.clone()
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled, then drains: `/ready` fails at once,
-    /// new upgrades are refused, open sessions are closed with 1001 spread over
-    /// `DRAIN_WINDOW_SECS`, and it returns within `SHUTDOWN_GRACE_SECS`.
-    pub async fn run(
-        self,
-        listener: std::net::TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
+    /// Serves until `shutdown` is cancelled, then drains: `/ready` fails at once, new sessions
+    /// are refused, open sessions are closed with 1001 spread over `DRAIN_WINDOW_SECS` (the drain
+    /// ends as soon as none remains), and it returns within `SHUTDOWN_GRACE_SECS`.
+    pub async fn run(self, listeners: http::Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
         let settings = &self.state.settings;
         let mut tasks = Vec::new();
-        // Sources keep feeding the sessions that are still open during the drain.
-        let sources = CancellationToken::new();
-        if settings.kafka_enabled() {
-            tasks = kafka::start(
-                &settings.kafka,
-                self.state.router.clone(),
+        if let Some(source) = &self.kafka {
+            let consume = source.consume(self.state.router.clone(), self.sources.clone());
+            tasks.push(tokio::spawn(supervise::supervise(
+                "kafka_consume",
                 self.state.stats.clone(),
-                self.state.readiness.clone(),
-                sources.clone(),
-            )?;
-        } else {
-            tracing::info!("no KAFKA_BROKERS: direct Kafka source disabled");
+                self.sources.clone(),
+                consume,
+            )));
         }
-        let server = http::server(self.state.clone(), listener)?;
-        let handle = server.handle();
-        let server = tokio::spawn(server);
+        let public = http::public_server(self.state.clone(), listeners.public)?;
+        let internal = http::internal_server(self.state.clone(), listeners.internal)?;
+        let handles = [public.handle(), internal.handle()];
+        let servers = [tokio::spawn(public), tokio::spawn(internal)];
         shutdown.cancelled().await;
         let grace = std::time::Duration::from_secs(settings.server.shutdown_grace_secs);
         let deadline = tokio::time::Instant::now() + grace;
         self.drain().await;
-        sources.cancel();
+        self.sources.cancel();
+        if let Some(source) = self.kafka {
+            tasks.push(source.discovery);
+        }
         for task in tasks {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
         // Whatever is still open (a peer that never reads its close) is cut at the deadline.
-        if tokio::time::timeout_at(deadline, handle.stop(true))
-            .await
-            .is_err()
-        {
-            handle.stop(false).await;
+        for handle in handles {
+            if tokio::time::timeout_at(deadline, handle.stop(true))
+                .await
+                .is_err()
+            {
+                handle.stop(false).await;
+            }
         }
-        let _ = server.await;
+        for server in servers {
+            let _ = server.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }
 
     /// Refuses new sessions and closes the open ones with 1001, in steps spread over the drain
-    /// window, then waits briefly for them to go.
+    /// window, and returns as soon as none remains (at most 2 s after the window).
     async fn drain(&self) {
         use std::sync::atomic::Ordering;
+        use tokio::time::{Duration, Instant};
         let state = &self.state;
         state.draining.store(true, Ordering::SeqCst);
-        state
-            .readiness
-            .set_not_ready("shutdown", "draining: shutting down");
-        let window = std::time::Duration::from_secs(state.settings.server.drain_window_secs);
-        let sessions = state.registry.sessions();
-        tracing::info!(
-            sessions = sessions.len(),
-            window_secs = window.as_secs(),
-            "draining"
-        );
-        let steps = sessions.len().clamp(1, 20);
-        let per_step = sessions.len().div_ceil(steps).max(1);
-        let pause = window / steps as u32;
-        for batch in sessions.chunks(per_step) {
-            for mailbox in batch {
+        // From here on a session is either in the snapshots below or refused with 1001.
+        state.registry.close_admission();
+        state.readiness.gate("shutdown", "draining: shutting down");
+        let window = Duration::from_secs(state.settings.server.drain_window_secs);
+        let started = Instant::now();
+        let open = state.registry.connections();
+        tracing::info!(sessions = open, window_secs = window.as_secs(), "draining");
+        let steps = open.clamp(1, 20) as u32;
+        for step in 0..steps {
+            let waiting: Vec<_> = state
+                .registry
+                .sessions()
+                .into_iter()
+                .filter(|m| m.kicked().is_none())
+                .collect();
+            if waiting.is_empty() {
+                break;
+            }
+            let batch = waiting.len().div_ceil((steps - step) as usize);
+            for mailbox in waiting.iter().take(batch) {
                 mailbox.kick(protocol::close::GOING_AWAY);
             }
-            tokio::time::sleep(pause).await;
+            self.until_no_session(started + window * (step + 1) / steps).await;
         }
-        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-        while state.registry.connections() > 0 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // The last closes, and upgrades still verifying their token (bounded by JWKS_TIMEOUT_MS).
+        let verify = Duration::from_millis(state.settings.auth.jwks_timeout_ms);
+        self.until_no_session(Instant::now() + verify.max(Duration::from_secs(2)))
+            .await;
+    }
+
+    /// Waits until no session is left (nor an upgrade on its way to becoming one), or
+    /// `deadline`.
+    async fn until_no_session(&self, deadline: tokio::time::Instant) {
+        let busy = || {
+            self.state.registry.connections() > 0
+                || self.state.upgrading.load(std::sync::atomic::Ordering::SeqCst) > 0
+        };
+        while busy() && tokio::time::Instant::now() < deadline {
+            let step = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+            tokio::time::sleep_until(step.min(deadline)).await;
         }
     }
 }

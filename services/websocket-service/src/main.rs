@@ -34,15 +34,23 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    let addr = (settings.server.host.as_str(), settings.server.port);
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot listen on {}:{}", addr.0, addr.1))?;
-    tracing::info!(addr = %listener.local_addr()?, "websocket-service listening");
-    let gateway = Gateway::new(settings)?;
+    let listeners = websocket_service::http::Listeners::bind(&settings.server)?;
+    tracing::info!(
+        addr = %listeners.public.local_addr()?,
+        internal = %listeners.internal.local_addr()?,
+        "websocket-service listening"
+    );
+    let gateway = match Gateway::new(settings) {
+        Ok(gateway) => gateway,
+        Err(error) => {
+            // What the settings name but the service cannot use (a key, a Kafka property).
+            eprintln!("websocket-service: invalid configuration: {error:#}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
-    gateway.run(listener, shutdown).await
+    gateway.run(listeners, shutdown).await
 }
 
 /// SIGINT or SIGTERM starts the shutdown.

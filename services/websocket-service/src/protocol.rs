@@ -1,6 +1,6 @@
 //! The WebSocket protocol: what clients send and what the service sends them.
 //!
-//! The shapes existing frontends rely on are in `shared/contracts/wire.md`; the full protocol is
+//! The shapes existing frontends rely on are in `docs/wire-contract.md`; the full protocol is
 //! described by `schemas/ws-client-message.schema.json` and `schemas/ws-server-message.schema.json`.
 
 use std::time::SystemTime;
@@ -21,8 +21,10 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// No frame (not even a pong) within `CLIENT_TIMEOUT_SECS`.
     pub const IDLE_TIMEOUT: u16 = 4000;
-    /// Missing, invalid or expired token. Clients must not retry with the same token.
+    /// Missing, invalid or expired token at connect. Clients must not retry with the same token.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// The token expired during the session: reconnect with a fresh token.
+    pub const TOKEN_EXPIRED: u16 = 4002;
     /// The client did not read fast enough and its outbound queue filled.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The user already has `MAX_CONNECTIONS_PER_USER` sessions on this instance.

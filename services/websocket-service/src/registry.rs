@@ -6,21 +6,27 @@
 //! `SESSION_QUEUE_CAPACITY` messages of memory and delays nobody else.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytestring::ByteString;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
 use crate::protocol::close;
 
 /// A session's outbound queue plus the way to tell it to close.
+///
+/// One wake-up for both "a message was queued" and "close now". It is `notify_one`, which stores
+/// a permit when the session is not waiting, and the session only ever waits for it in one
+/// place, after which it looks at both the queue and the kick flag again: so no wake-up is lost,
+/// and none can be consumed by a wait that does not re-check the queue.
 #[derive(Debug)]
 pub struct Mailbox {
     /// Messages waiting to be written; never longer than `capacity`.
     queue: Mutex<VecDeque<ByteString>>,
-    /// Wakes the session task: a message arrived, or it was kicked.
-    notify: Notify,
+    /// Something changed: a message was queued, or the session was kicked.
+    wake: Notify,
     /// Close code the session must close with, 0 while it may live.
     kicked: AtomicU16,
     capacity: usize,
@@ -30,7 +36,7 @@ impl Mailbox {
     fn new(capacity: usize) -> Self {
         Mailbox {
             queue: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
+            wake: Notify::new(),
             kicked: AtomicU16::new(0),
             capacity,
         }
@@ -39,7 +45,7 @@ impl Mailbox {
     /// Queues a message. When the queue is full the session is kicked, and the error holds how
     /// many messages were dropped (the queued ones and this one).
     fn push(&self, msg: ByteString) -> Result<(), usize> {
-        let mut queue = self.queue.lock().expect("mailbox lock");
+        let mut queue = self.queue.lock();
         if queue.len() >= self.capacity {
             let dropped = queue.len() + 1;
             queue.clear();
@@ -49,7 +55,7 @@ impl Mailbox {
         }
         queue.push_back(msg);
         drop(queue);
-        self.notify.notify_one();
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -58,7 +64,7 @@ impl Mailbox {
         let _ = self
             .kicked
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
+        self.wake.notify_one();
     }
 
     /// The close code if the session was kicked.
@@ -69,19 +75,30 @@ impl Mailbox {
         }
     }
 
-    /// The next queued message, if any. Gives memory back once a burst has drained.
+    /// The oldest queued message, left in the queue: it is removed with [`Mailbox::pop`] once
+    /// written, so a write that is abandoned half-way loses nothing.
+    pub fn front(&self) -> Option<ByteString> {
+        self.queue.lock().front().cloned()
+    }
+
+    /// Removes the oldest message. Gives memory back once a burst has drained.
     pub fn pop(&self) -> Option<ByteString> {
-        let mut queue = self.queue.lock().expect("mailbox lock");
+        let mut queue = self.queue.lock();
         let msg = queue.pop_front();
-        if msg.is_none() && queue.capacity() > 16 {
+        if queue.is_empty() && queue.capacity() > 16 {
             queue.shrink_to(0);
         }
         msg
     }
 
-    /// Waits until something was pushed or the session was kicked.
-    pub async fn notified(&self) {
-        self.notify.notified().await
+    pub fn is_empty(&self) -> bool {
+        self.queue.lock().is_empty()
+    }
+
+    /// Waits until a message is queued or the session kicked (or either happened since the
+    /// last wait). The caller must look at the queue and [`Mailbox::kicked`] afterwards.
+    pub async fn changed(&self) {
+        self.wake.notified().await
     }
 }
 
@@ -92,6 +109,8 @@ pub enum LimitHit {
     Total,
     #[error("too many connections for this user")]
     PerUser,
+    #[error("server shutting down")]
+    Draining,
 }
 
 impl LimitHit {
@@ -99,6 +118,7 @@ impl LimitHit {
         match self {
             LimitHit::Total => close::TRY_AGAIN_LATER,
             LimitHit::PerUser => close::TOO_MANY_CONNECTIONS,
+            LimitHit::Draining => close::GOING_AWAY,
         }
     }
 }
@@ -114,10 +134,36 @@ pub struct Delivery {
     pub dropped: usize,
 }
 
+/// A session's place in the registry. Dropping it unregisters the session, however the session
+/// task ends (a panic included), so a slot can never leak.
+pub struct Slot {
+    registry: Arc<Registry>,
+    user: Arc<str>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Slot {
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        &self.user
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.registry.unregister(&self.user, &self.mailbox);
+    }
+}
+
 /// All sessions of this instance, by user.
 pub struct Registry {
     users: RwLock<HashMap<Arc<str>, Vec<Arc<Mailbox>>>>,
     open: AtomicUsize,
+    /// Set when the drain starts: no session is admitted after it, so none can miss its 1001.
+    closed: AtomicBool,
     max_total: usize,
     max_per_user: usize,
     queue_capacity: usize,
@@ -128,15 +174,31 @@ impl Registry {
         Registry {
             users: RwLock::new(HashMap::new()),
             open: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
             max_total,
             max_per_user,
             queue_capacity,
         }
     }
 
+    /// Admits a session for `user` and returns its slot, or says which limit refused it.
+    pub fn admit(self: &Arc<Self>, user: &Arc<str>) -> Result<Slot, LimitHit> {
+        let mailbox = self.register(user)?;
+        Ok(Slot {
+            registry: self.clone(),
+            user: user.clone(),
+            mailbox,
+        })
+    }
+
     /// Admits a session for `user`, or says which limit refused it.
     pub fn register(&self, user: &Arc<str>) -> Result<Arc<Mailbox>, LimitHit> {
-        let mut users = self.users.write().expect("registry lock");
+        let mut users = self.users.write();
+        // Checked under the lock that `close_admission` takes: a session is either in the
+        // snapshot the drain kicks, or refused here.
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LimitHit::Draining);
+        }
         if self.open.load(Ordering::Relaxed) >= self.max_total {
             return Err(LimitHit::Total);
         }
@@ -153,9 +215,15 @@ impl Registry {
         Ok(mailbox)
     }
 
+    /// Refuses every later [`Registry::register`] (the drain has started).
+    pub fn close_admission(&self) {
+        let _users = self.users.write();
+        self.closed.store(true, Ordering::Release);
+    }
+
     /// Removes a session; the user's entry goes with its last session.
     pub fn unregister(&self, user: &str, mailbox: &Arc<Mailbox>) {
-        let mut users = self.users.write().expect("registry lock");
+        let mut users = self.users.write();
         if let Some(sessions) = users.get_mut(user) {
             if let Some(i) = sessions.iter().position(|m| Arc::ptr_eq(m, mailbox)) {
                 sessions.swap_remove(i);
@@ -170,7 +238,7 @@ impl Registry {
     /// Queues a message to every session of `user`, without waiting for any of them. The
     /// message is built (once, shared by all sessions) only if the user has a session here.
     pub fn deliver(&self, user: &str, make: impl FnOnce() -> ByteString) -> Delivery {
-        let users = self.users.read().expect("registry lock");
+        let users = self.users.read();
         let mut outcome = Delivery::default();
         let Some(sessions) = users.get(user) else {
             return outcome;
@@ -193,7 +261,7 @@ impl Registry {
 
     /// Every open session's mailbox, to close them in steps (drain).
     pub fn sessions(&self) -> Vec<Arc<Mailbox>> {
-        let users = self.users.read().expect("registry lock");
+        let users = self.users.read();
         users.values().flatten().cloned().collect()
     }
 
@@ -204,7 +272,7 @@ impl Registry {
 
     /// Users with at least one open session.
     pub fn users(&self) -> usize {
-        self.users.read().expect("registry lock").len()
+        self.users.read().len()
     }
 }
 
@@ -225,6 +293,56 @@ mod tests {
         r.unregister("a", &a1);
         assert_eq!(r.connections(), 2);
         assert!(r.register(&b).is_ok());
+    }
+
+    #[test]
+    fn no_admission_after_the_drain_started() {
+        let r = Arc::new(Registry::new(10, 10, 4));
+        let u: Arc<str> = "u".into();
+        let before = r.admit(&u).unwrap();
+        r.close_admission();
+        assert_eq!(r.admit(&u).err(), Some(LimitHit::Draining));
+        assert_eq!(LimitHit::Draining.close_code(), close::GOING_AWAY);
+        assert_eq!(
+            r.sessions().len(),
+            1,
+            "the earlier session is in the drain's snapshot"
+        );
+        drop(before);
+        assert_eq!(r.connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_session_task_gives_its_slot_back() {
+        let r = Arc::new(Registry::new(10, 1, 4));
+        let u: Arc<str> = "u".into();
+        let slot = r.admit(&u).unwrap();
+        let task = tokio::spawn(async move {
+            let _slot = slot;
+            panic!("session bug");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(r.connections(), 0);
+        assert!(r.admit(&u).is_ok(), "the per-user limit is free again");
+    }
+
+    #[tokio::test]
+    async fn a_message_queued_while_busy_is_never_lost() {
+        let r = Registry::new(10, 10, 8);
+        let u: Arc<str> = "u".into();
+        let mb = r.register(&u).unwrap();
+        // Queued while the session is not waiting: the permit is kept for its next wait.
+        r.deliver("u", || ByteString::from_static("m"));
+        tokio::time::timeout(std::time::Duration::from_secs(1), mb.changed())
+            .await
+            .expect("a stored wake-up");
+        assert_eq!(mb.pop().as_deref(), Some("m"));
+        // A kick wakes the session too.
+        mb.kick(close::GOING_AWAY);
+        tokio::time::timeout(std::time::Duration::from_secs(1), mb.changed())
+            .await
+            .expect("a kick wakes");
+        assert_eq!(mb.kicked(), Some(close::GOING_AWAY));
     }
 
     fn delivery(queued: usize, overflowed: usize) -> Delivery {

@@ -31,6 +31,18 @@ pub enum Origin<'a> {
     },
 }
 
+impl Origin<'static> {
+    /// A Dapr delivery that names no record.
+    pub fn dapr_unknown() -> Self {
+        Origin::Dapr {
+            topic: None,
+            partition: None,
+            offset: None,
+            timestamp_ms: None,
+        }
+    }
+}
+
 impl Origin<'_> {
     /// A stable id for an event whose producer set none: the same record always gets the same
     /// id, whichever path it came by, so clients and the de-duplication recognise a repeat.

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use crate::auth::AuthError;
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, ServerMessage};
-use crate::registry::Mailbox;
+use crate::registry::{Mailbox, Slot};
 use crate::AppState;
 
 /// How long a close frame may take to be queued before the connection is simply dropped.
@@ -34,6 +34,7 @@ pub async fn ws_route(
     }
     let token = token_from(&req);
     let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let _upgrading = Upgrading::new(state.clone().into_inner());
     let identity = match token {
         Some(token) => state.auth.verify(&token).await,
         None => Err(AuthError::Missing),
@@ -47,12 +48,13 @@ pub async fn ws_route(
             return Ok(response);
         }
     };
-    let mailbox = match state.registry.register(&identity.user_id) {
-        Ok(mailbox) => mailbox,
+    let slot = match state.registry.admit(&identity.user_id) {
+        Ok(slot) => slot,
         Err(limit) => {
             state.stats.connection_rejected(match limit {
                 crate::registry::LimitHit::Total => "limit_total",
                 crate::registry::LimitHit::PerUser => "limit_per_user",
+                crate::registry::LimitHit::Draining => "draining",
             });
             tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
             close_now(session, limit.close_code(), &limit.to_string()).await;
@@ -65,13 +67,28 @@ pub async fn ws_route(
         .max_continuation_size(state.settings.server.max_frame_bytes);
     let conn = Connection {
         state: state.into_inner(),
-        user_id: identity.user_id,
-        expires_at: identity.expires_at,
-        mailbox,
+        valid_until: identity.valid_until,
+        slot: SlotGuard::new(slot),
         session,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
+}
+
+/// Counts an upgrade from acceptance until it is admitted or refused.
+struct Upgrading(Arc<AppState>);
+
+impl Upgrading {
+    fn new(state: Arc<AppState>) -> Self {
+        state.upgrading.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Upgrading(state)
+    }
+}
+
+impl Drop for Upgrading {
+    fn drop(&mut self) {
+        self.0.upgrading.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The token from `?token=` (what existing clients send) or `Authorization: Bearer`.
@@ -125,13 +142,42 @@ async fn close_now(session: Session, code: u16, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(Some(reason))).await;
 }
 
+/// The session's registry slot plus how it ended, for the close counter. Dropped however the
+/// session task ends: a panic unregisters the session too, and is counted as such.
+struct SlotGuard {
+    slot: Slot,
+    stats: Option<Arc<crate::telemetry::Stats>>,
+    ended: &'static str,
+}
+
+impl SlotGuard {
+    fn new(slot: Slot) -> Self {
+        SlotGuard {
+            slot,
+            stats: None,
+            ended: "panic",
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(stats) = &self.stats {
+            if self.ended == "panic" {
+                tracing::error!(user_id = %self.slot.user(), "websocket session task panicked");
+            }
+            stats.session_closed(self.ended);
+        }
+    }
+}
+
 /// An admitted session.
 struct Connection {
     state: Arc<AppState>,
-    user_id: Arc<str>,
-    /// Token expiry (seconds since the epoch): the session closes with 4001 then.
-    expires_at: u64,
-    mailbox: Arc<Mailbox>,
+    /// Until when the token is accepted (its `exp` plus the leeway), as a Unix time: the session
+    /// closes with 4002 then.
+    valid_until: u64,
+    slot: SlotGuard,
     session: Session,
 }
 
@@ -145,45 +191,83 @@ enum End {
 
 impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) {
+        self.slot.stats = Some(self.state.stats.clone());
         let connection_id = uuid::Uuid::new_v4().to_string();
         let hello = ServerMessage::Connected {
             connection_id: &connection_id,
-            user_id: &self.user_id,
+            user_id: self.slot.slot.user(),
             server_time: now_rfc3339(),
         }
         .to_text();
-        let end = match self.session.text(hello).await {
+        let end = match self.write(hello).await {
             Ok(()) => self.serve(&mut stream).await,
-            Err(_) => End::Gone,
+            Err(end) => end,
         };
-        self.state.registry.unregister(&self.user_id, &self.mailbox);
-        self.state.stats.session_closed(match &end {
+        self.slot.ended = match &end {
             End::Gone => "client_gone",
             End::Close(code, _) => close_label(*code),
-        });
+        };
+        let Connection {
+            state, slot, session, ..
+        } = self;
+        let user_id = slot.slot.user().clone();
+        // Out of the registry before the close is written: a peer that never reads its close
+        // no longer counts against any limit.
+        drop(slot);
         if let End::Close(code, reason) = end {
             if code == close::SLOW_CONSUMER {
-                self.state.stats.slow_client(&self.user_id);
+                state.stats.slow_client(&user_id);
             }
-            tracing::debug!(user_id = %self.user_id, code, reason, "websocket session closed");
-            close_now(self.session, code, &reason).await;
+            tracing::debug!(%user_id, code, reason, "websocket session closed");
+            // Boxed: only at the end, and it would otherwise grow every idle session.
+            Box::pin(close_now(session, code, &reason)).await;
         }
     }
 
+    /// The session's loop. Every write has a deadline (`WRITE_TIMEOUT_SECS`), so a peer that
+    /// stops reading can block it for that long at most, and the heartbeat, idle timeout and
+    /// token expiry keep their meaning.
     async fn serve(&mut self, stream: &mut AggregatedMessageStream) -> End {
-        let heartbeat = self.state.settings.heartbeat_interval();
-        let client_timeout = self.state.settings.client_timeout();
-        let expiry = expiry_instant(self.expires_at);
+        let settings = &self.state.settings;
+        let heartbeat = settings.heartbeat_interval();
+        let client_timeout = settings.client_timeout();
+        let write_timeout = settings.write_timeout();
+        let expiry = expiry_instant(self.valid_until);
+        let mailbox = self.slot.slot.mailbox().clone();
         let mut last_seen = Instant::now();
         let mut next_ping = Instant::now() + heartbeat;
-        // One timer for both the heartbeat and the token's expiry.
+        // Since when queued messages have been waiting for a write to complete. Events are
+        // written inside the `select!`, so the timer below still fires while a write is stuck,
+        // and it enforces the deadline without a timer per write.
+        let mut stuck_since: Option<Instant> = None;
+        // One timer for the heartbeat, the token's expiry and the write deadline.
         let timer = tokio::time::sleep_until(next_ping.min(expiry));
         tokio::pin!(timer);
         loop {
+            if let Some(code) = mailbox.kicked() {
+                return End::Close(code, kick_reason(code).into());
+            }
+            let pending = !mailbox.is_empty();
+            if pending && stuck_since.is_none() {
+                let since = Instant::now();
+                stuck_since = Some(since);
+                if since + write_timeout < timer.deadline() {
+                    timer.as_mut().reset(since + write_timeout);
+                }
+            }
             tokio::select! {
-                () = self.mailbox.notified() => {
-                    if let Some(end) = self.flush().await {
-                        return end;
+                // The only wait for the mailbox: a message queued or a kick. Either way the loop
+                // looks at both again, so a stored wake-up is never spent without effect.
+                () = mailbox.changed() => {}
+                // One queued message per turn, so a steady stream of events cannot starve the
+                // client's messages or the timer. The message leaves the queue only once written.
+                written = write_front(&mut self.session, &mailbox), if pending => {
+                    match written {
+                        Ok(()) => {
+                            stuck_since = None;
+                            self.state.stats.message_delivered();
+                        }
+                        Err(end) => return end,
                     }
                 }
                 frame = stream.recv() => {
@@ -201,50 +285,52 @@ impl Connection {
                 () = &mut timer => {
                     let now = Instant::now();
                     if now >= expiry {
-                        return End::Close(close::UNAUTHORIZED, "unauthorized: token expired".into());
+                        return End::Close(close::TOKEN_EXPIRED, "token expired: reconnect with a fresh token".into());
                     }
                     if now.duration_since(last_seen) >= client_timeout {
                         return End::Close(close::IDLE_TIMEOUT, "idle timeout".into());
                     }
+                    if stuck_since.is_some_and(|since| now >= since + write_timeout) {
+                        return write_timed_out();
+                    }
                     if now >= next_ping {
-                        if self.session.ping(b"").await.is_err() {
-                            return End::Gone;
+                        if let Err(end) = self.control(Control::Ping).await {
+                            return end;
                         }
                         next_ping = now + heartbeat;
                     }
-                    timer.as_mut().reset(next_ping.min(expiry));
-                }
-            }
-        }
-    }
-
-    /// Writes everything queued. Returns when the queue is empty, or how the session must end.
-    async fn flush(&mut self) -> Option<End> {
-        loop {
-            if let Some(code) = self.mailbox.kicked() {
-                return Some(End::Close(code, kick_reason(code).into()));
-            }
-            let msg = self.mailbox.pop()?;
-            self.state.stats.message_delivered();
-            if let Err(end) = self.send(msg).await {
-                return Some(end);
-            }
-        }
-    }
-
-    /// Sends one message; a kick while the write is blocked (a stalled client) wins.
-    async fn send(&mut self, msg: ByteString) -> Result<(), End> {
-        let send = self.session.text(msg);
-        tokio::pin!(send);
-        loop {
-            tokio::select! {
-                result = &mut send => return result.map_err(|_| End::Gone),
-                () = self.mailbox.notified() => {
-                    if let Some(code) = self.mailbox.kicked() {
-                        return Err(End::Close(code, kick_reason(code).into()));
+                    let mut next = next_ping.min(expiry);
+                    if let Some(since) = stuck_since {
+                        next = next.min(since + write_timeout);
                     }
+                    timer.as_mut().reset(next);
                 }
             }
+        }
+    }
+
+    /// Writes one text message within the write deadline.
+    async fn write(&mut self, msg: ByteString) -> Result<(), End> {
+        self.control(Control::Text(msg)).await
+    }
+
+    /// Writes a frame the session itself decided to send (a reply, a ping, a pong), within the
+    /// write deadline. Boxed: these are rare, and the session's future stays small without
+    /// their state (memory per idle connection).
+    async fn control(&mut self, frame: Control) -> Result<(), End> {
+        let deadline = self.state.settings.write_timeout();
+        let session = &mut self.session;
+        let write = Box::pin(async move {
+            match frame {
+                Control::Text(msg) => session.text(msg).await,
+                Control::Ping => session.ping(b"").await,
+                Control::Pong(bytes) => session.pong(&bytes).await,
+            }
+        });
+        match tokio::time::timeout(deadline, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(write_timed_out()),
         }
     }
 
@@ -252,22 +338,45 @@ impl Connection {
         match msg {
             AggregatedMessage::Text(text) => {
                 let reply = reply_to(&text);
-                self.send(reply).await.err()
+                self.write(reply).await.err()
             }
             AggregatedMessage::Binary(_) => Some(End::Close(
                 close::UNSUPPORTED_DATA,
                 "binary frames are not supported".into(),
             )),
-            AggregatedMessage::Ping(bytes) => {
-                if self.session.pong(&bytes).await.is_err() {
-                    return Some(End::Gone);
-                }
-                None
-            }
+            AggregatedMessage::Ping(bytes) => self.control(Control::Pong(bytes)).await.err(),
             AggregatedMessage::Pong(_) => None,
             AggregatedMessage::Close(_) => Some(End::Close(1000, "bye".into())),
         }
     }
+}
+
+/// A frame the session sends on its own account.
+enum Control {
+    Text(ByteString),
+    Ping,
+    Pong(actix_web::web::Bytes),
+}
+
+/// Writes the oldest queued message and only then removes it from the queue. Abandoned by the
+/// `select!` before it completes, nothing was sent (tokio's channel `send` guarantees it) and
+/// the message is still first in line.
+async fn write_front(session: &mut Session, mailbox: &Mailbox) -> Result<(), End> {
+    let Some(msg) = mailbox.front() else {
+        return Ok(());
+    };
+    match session.text(msg).await {
+        Ok(()) => {
+            mailbox.pop();
+            Ok(())
+        }
+        Err(_) => Err(End::Gone),
+    }
+}
+
+/// A write that waited `WRITE_TIMEOUT_SECS`: the peer is not reading.
+fn write_timed_out() -> End {
+    End::Close(close::SLOW_CONSUMER, "slow consumer: write timed out".into())
 }
 
 /// The answer to a client text message.
@@ -325,7 +434,8 @@ fn close_label(code: u16) -> &'static str {
         close::UNSUPPORTED_DATA => "binary_frame",
         close::MESSAGE_TOO_BIG => "message_too_big",
         close::IDLE_TIMEOUT => "idle_timeout",
-        close::UNAUTHORIZED => "token_expired",
+        close::UNAUTHORIZED => "unauthorized",
+        close::TOKEN_EXPIRED => "token_expired",
         close::SLOW_CONSUMER => "slow_consumer",
         _ => "protocol_error",
     }
@@ -339,7 +449,7 @@ fn kick_reason(code: u16) -> &'static str {
     }
 }
 
-/// The token's `exp` as a monotonic instant (far future when `exp` is absurdly large).
+/// A Unix time as a monotonic instant (at most ten years ahead).
 fn expiry_instant(exp: u64) -> Instant {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -66,6 +66,18 @@ pub struct Metrics {
     pub dapr_deliveries: Family<StatusLabels, Counter>,
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub delivery_latency: Histogram,
+    pub degraded: Family<PartLabels, Gauge>,
+    pub task_restarts: Family<TaskLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartLabels {
+    pub part: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
 }
 
 impl Default for Metrics {
@@ -87,6 +99,8 @@ impl Default for Metrics {
             auth_failures: Family::default(),
             // 1 ms .. ~16 s.
             delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            degraded: Family::default(),
+            task_restarts: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -151,6 +165,16 @@ impl Default for Metrics {
             "Upgrades refused for a bad token, by reason",
             m.auth_failures.clone(),
         );
+        r.register(
+            "degraded",
+            "1 for each part that works badly although the replica is ready (see /ready)",
+            m.degraded.clone(),
+        );
+        r.register(
+            "task_restarts",
+            "Background tasks restarted after a panic",
+            m.task_restarts.clone(),
+        );
         r.register_with_unit(
             "delivery_latency",
             "From the event's timestamp to its hand-off to the sessions' queues",
@@ -188,6 +212,8 @@ pub struct Stats {
     pub records_malformed: AtomicU64,
     /// Events not delivered again: their id was seen within the de-duplication window.
     pub duplicates: AtomicU64,
+    /// Background tasks restarted after a panic.
+    pub task_restarts: AtomicU64,
 }
 
 impl Stats {
@@ -241,6 +267,22 @@ impl Stats {
             .inc();
     }
 
+    pub fn task_restarted(&self, task: &str, panic: &str, pause: Duration) {
+        self.task_restarts.fetch_add(1, Relaxed);
+        self.metrics
+            .task_restarts
+            .get_or_create(&TaskLabels {
+                task: task.to_string(),
+            })
+            .inc();
+        tracing::error!(
+            task,
+            panic,
+            pause_ms = pause.as_millis() as u64,
+            "background task panicked; restarting"
+        );
+    }
+
     pub fn session_closed(&self, why: &str) {
         self.metrics.sessions_closed.get_or_create(&reason(why)).inc();
     }
@@ -289,10 +331,20 @@ impl Stats {
     }
 
     /// The metrics in the OpenMetrics text format.
-    pub fn encode(&self, connections: usize, users: usize, ready: bool) -> String {
+    pub fn encode(&self, connections: usize, users: usize, health: &crate::health::Report) -> String {
         self.metrics.connections.set(connections as i64);
         self.metrics.connected_users.set(users as i64);
-        self.metrics.ready.set(i64::from(ready));
+        self.metrics.ready.set(i64::from(health.ready));
+        // Parts that recovered read 0, not their last value.
+        self.metrics.degraded.clear();
+        for part in health.degraded.keys() {
+            self.metrics
+                .degraded
+                .get_or_create(&PartLabels {
+                    part: part.to_string(),
+                })
+                .set(1);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.metrics.registry);

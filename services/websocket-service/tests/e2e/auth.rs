@@ -1,14 +1,12 @@
 //! Every way a token can be wrong closes the socket with 4001 after the upgrade, and nothing is
 //! delivered to it; the accepted key types and sources work.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
@@ -119,7 +117,7 @@ async fn a_token_that_expires_while_connected_closes_the_session() {
         json!({"sub": "brief", "exp": now_secs() + 2}),
     );
     let mut client = connect(&gw.url(&short)).await;
-    let reason = tokio::time::timeout(Duration::from_secs(6), wait_close(&mut client.ws, UNAUTHORIZED))
+    let reason = tokio::time::timeout(Duration::from_secs(6), wait_close(&mut client.ws, 4002))
         .await
         .expect("closed when the token expired");
     assert!(reason.contains("expired"), "{reason}");
@@ -174,8 +172,9 @@ async fn public_keys_pin_their_algorithm() {
 /// per `JWKS_MIN_REFRESH_SECS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwks_keys_are_cached_and_refreshed_on_unknown_kid() {
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let jwks_url = serve_jwks(fetches.clone()).await;
+    let jwks = JwksServer::start().await;
+    let fetches = jwks.fetches.clone();
+    let jwks_url = jwks.url();
     let mut env = env_for(None, None);
     env.retain(|(k, _)| k != "JWT_SECRET");
     set(&mut env, "JWT_JWKS_URL", &jwks_url);
@@ -209,35 +208,4 @@ async fn jwks_keys_are_cached_and_refreshed_on_unknown_kid() {
         "unknown kids do not hammer the issuer"
     );
     gw.stop().await;
-}
-
-/// A minimal HTTP server answering every request with the Ed25519 fixture as a JWKS.
-async fn serve_jwks(fetches: Arc<AtomicUsize>) -> String {
-    let public = fixture("ed25519-public.pem");
-    // The raw 32-byte key is the tail of the DER SubjectPublicKeyInfo.
-    let der: String = public.lines().filter(|l| !l.starts_with("-----")).collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(der).unwrap();
-    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
-    let body = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA", "use": "sig"}]}).to_string();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            fetches.fetch_add(1, Ordering::SeqCst);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = sock.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    format!("http://{addr}/.well-known/jwks.json")
 }

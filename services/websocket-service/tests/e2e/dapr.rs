@@ -1,5 +1,5 @@
 //! The Dapr delivery route, driven by requests shaped as the sidecar sends them
-//! (`shared/contracts/dapr.md`): headers, CloudEvent fields, raw payloads, bulk deliveries.
+//! (`docs/dapr-contract.md`): headers, CloudEvent fields, raw payloads, bulk deliveries.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -50,6 +50,7 @@ fn cloudevent(id: &str, data: Value) -> Value {
 
 async fn dapr_gateway() -> TestGateway {
     let mut env = env_for(None, None);
+    set(&mut env, "DAPR_ENABLED", "true");
     set(&mut env, "APP_API_TOKEN", TOKEN);
     set(&mut env, "DAPR_DEAD_LETTER_TOPIC", "task-updates-dlq");
     TestGateway::start(env).await
@@ -75,11 +76,13 @@ async fn subscription_discovery() {
     gw.stop().await;
 
     let mut env = env_for(None, None);
+    set(&mut env, "DAPR_ENABLED", "true");
+    set(&mut env, "DAPR_INSECURE_NO_APP_TOKEN", "true");
     set(&mut env, "DAPR_BULK_SUBSCRIBE", "true");
-    set(&mut env, "DAPR_ROUTE", "/events");
+    set(&mut env, "DAPR_ROUTE", "/incoming/tasks");
     let gw = TestGateway::start(env).await;
     let (_, body) = gw.get("/dapr/subscribe").await;
-    assert_eq!(body[0]["routes"]["default"], "/events");
+    assert_eq!(body[0]["routes"]["default"], "/incoming/tasks");
     assert_eq!(
         body[0]["bulkSubscribe"],
         json!({"enabled": true, "maxMessagesCount": 100, "maxAwaitDurationMs": 1000})
@@ -87,10 +90,18 @@ async fn subscription_discovery() {
     gw.stop().await;
 
     let mut env = env_for(None, None);
+    set(&mut env, "DAPR_ENABLED", "true");
+    set(&mut env, "APP_API_TOKEN", TOKEN);
     set(&mut env, "DAPR_SUBSCRIBE", "false");
     let gw = TestGateway::start(env).await;
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/dapr/subscribe", gw.addr))
+        .header("dapr-api-token", TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
-        gw.get("/dapr/subscribe").await.1,
+        resp.json::<Value>().await.unwrap(),
         json!([]),
         "declarative mode: no programmatic subscription"
     );
@@ -261,6 +272,7 @@ async fn one_event_one_delivery_across_kafka_and_dapr() {
     let brokers = brokers();
     let topic = create_topic(&brokers, 1).await;
     let mut env = env_for(Some(&brokers), Some(&topic));
+    set(&mut env, "DAPR_ENABLED", "true");
     set(&mut env, "APP_API_TOKEN", TOKEN);
     let gw = TestGateway::start(env).await;
     gw.wait_ready().await;

@@ -2,60 +2,24 @@
 //! refuses new upgrades, closes open sessions with 1001 spread over the window, and the process
 //! exits 0 within the grace period.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::harness::*;
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_over_the_window_and_exits_0() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Child(
-        Command::new(env!("CARGO_BIN_EXE_websocket-service"))
-            .env_clear()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("JWT_SECRET", SECRET)
-            .env("DRAIN_WINDOW_SECS", "2")
-            .env("SHUTDOWN_GRACE_SECS", "6")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("127.0.0.1:{port}");
+    let service = ServiceProcess::spawn(&[("DRAIN_WINDOW_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "6")]).await;
+    let base = service.base();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + WAIT;
-    while http.get(format!("http://{base}/ready")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "service did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mut clients = Vec::new();
     for i in 0..8 {
         clients.push(connect(&format!("ws://{base}/ws?token={}", token(&format!("d{i}")))).await);
     }
 
     let term = Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    service.signal("TERM");
     // Not ready at once, and new upgrades refused.
     let mut refused_ready = false;
     while term.elapsed() < Duration::from_millis(500) {
@@ -90,23 +54,8 @@ async fn sigterm_drains_sessions_over_the_window_and_exits_0() {
         "closes spread over the 2 s window: {times:?}"
     );
     assert!(*times.last().unwrap() < Duration::from_secs(4), "{times:?}");
-
-    let exit = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.0.try_wait().unwrap() {
-                return (status, started);
-            }
-            assert!(
-                term.elapsed() < Duration::from_secs(7),
-                "process still running after the grace period"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(exit.0.code(), Some(0), "exits 0");
+    let status = service.wait_exit(Duration::from_secs(7)).await;
+    assert_eq!(status.code(), Some(0), "exits 0");
 }
 
 /// `/metrics` reports what happened, under the Prometheus names operators alert on.

@@ -74,7 +74,10 @@ pub fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
 
 /// A gateway running in this process; stopped on drop.
 pub struct TestGateway {
+    /// The public listener: `/ws`, `/health`, `/ready`, the Dapr routes.
     pub addr: SocketAddr,
+    /// The internal listener: `/metrics` and the server API.
+    pub internal: SocketAddr,
     pub stats: Arc<Stats>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -83,14 +86,19 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(env: Vec<(String, String)>) -> Self {
         let settings = Settings::load(env).expect("test settings");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listeners = websocket_service::http::Listeners {
+            public: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+            internal: std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        };
+        let addr = listeners.public.local_addr().unwrap();
+        let internal = listeners.internal.local_addr().unwrap();
         let gateway = Gateway::new(settings).expect("gateway");
         let stats = gateway.stats();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(gateway.run(listener, shutdown.clone()));
+        let task = tokio::spawn(gateway.run(listeners, shutdown.clone()));
         TestGateway {
             addr,
+            internal,
             stats,
             shutdown,
             task: Some(task),
@@ -118,7 +126,7 @@ impl TestGateway {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let url = format!("http://{}/metrics", self.addr);
+        let url = format!("http://{}/metrics", self.internal);
         reqwest::get(url)
             .await
             .expect("metrics")
@@ -318,6 +326,26 @@ impl Client {
     }
 }
 
+/// Connects over a socket with a 4 KiB receive buffer (so a client that does not read blocks
+/// the server's writes quickly), and reads the `connected` message.
+pub async fn connect_small_buffer(url: &str) -> Client {
+    let host = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(host.parse().unwrap()).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("websocket connect");
+    let hello = recv_json(&mut ws).await;
+    assert_eq!(hello["type"], "connected", "first message: {hello}");
+    Client { ws, hello }
+}
+
 /// Connects and expects the socket to be closed with `code` (after the upgrade). Returns the
 /// close reason.
 pub async fn expect_close(url: &str, code: u16) -> String {
@@ -355,4 +383,204 @@ pub async fn wait_close(ws: &mut Ws, code: u16) -> String {
             other => panic!("expected close {code}, got {other:?}"),
         }
     }
+}
+
+// ---- the real binary -------------------------------------------------------------------------
+
+/// The `websocket-service` binary as its own process; killed on drop.
+pub struct ServiceProcess {
+    child: std::process::Child,
+    pub port: u16,
+    pub internal_port: u16,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ServiceProcess {
+    /// Starts the binary with an HS256 secret, no Kafka, and `extra`; waits until it answers.
+    pub async fn spawn(extra: &[(&str, &str)]) -> Self {
+        let (port, internal_port) = (free_port(), free_port());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_websocket-service"))
+            .env_clear()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("INTERNAL_PORT", internal_port.to_string())
+            .env("JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start websocket-service");
+        let service = ServiceProcess {
+            child,
+            port,
+            internal_port,
+        };
+        let deadline = Instant::now() + WAIT;
+        while reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "service did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        service
+    }
+
+    pub fn base(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, name: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process still running after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- a JWKS endpoint -------------------------------------------------------------------------
+
+/// A JWKS endpoint whose key set, cache lifetime and answer delay a test can change. Every kid
+/// names the Ed25519 fixture key.
+pub struct JwksServer {
+    addr: SocketAddr,
+    state: Arc<std::sync::Mutex<JwksState>>,
+    pub fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct JwksState {
+    kids: Vec<String>,
+    max_age: Option<u64>,
+    delay: Duration,
+}
+
+impl JwksServer {
+    pub async fn start() -> Self {
+        use base64::Engine as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let public = fixture("ed25519-public.pem");
+        // The raw 32-byte key is the tail of the DER SubjectPublicKeyInfo.
+        let der: String = public.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(der).unwrap();
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+        let state = Arc::new(std::sync::Mutex::new(JwksState {
+            kids: vec!["k1".into()],
+            max_age: None,
+            delay: Duration::ZERO,
+        }));
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (st, count) = (state.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (body, max_age, delay) = {
+                    let s = st.lock().unwrap();
+                    let keys: Vec<Value> = s
+                        .kids
+                        .iter()
+                        .map(|kid| json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}))
+                        .collect();
+                    (json!({ "keys": keys }).to_string(), s.max_age, s.delay)
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let cache = max_age.map_or(String::new(), |s| {
+                        format!("cache-control: public, max-age={s}\r\n")
+                    });
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{cache}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        JwksServer { addr, state, fetches }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    pub fn set_keys(&self, kids: &[&str]) {
+        self.state.lock().unwrap().kids = kids.iter().map(|k| k.to_string()).collect();
+    }
+
+    pub fn set_max_age(&self, secs: u64) {
+        self.state.lock().unwrap().max_age = Some(secs);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// An EdDSA token for `sub` signed by the fixture key under `kid`.
+    pub fn token(&self, kid: &str, sub: &str, exp: u64) -> String {
+        let key = EncodingKey::from_ed_pem(fixture("ed25519-private.pem").as_bytes()).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &json!({"sub": sub, "exp": exp}), &key).unwrap()
+    }
+}
+
+/// Runs the binary with exactly `vars` and expects it to exit on its own within 10 s (a bad
+/// configuration). Returns the exit code and stderr.
+pub fn run_to_exit(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::io::Read as _;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_websocket-service"))
+        .env_clear()
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the service kept running with {vars:?}; expected it to refuse the configuration");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
 }

@@ -8,3 +8,4 @@ mod drain;
 mod faults;
 mod harness;
 mod protocol;
+mod spine;
