@@ -81,11 +81,15 @@ async fn main() {
         )
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let port = free_port();
+    let internal_port = free_port();
     let per_user = connections.div_ceil(users) + 1;
     let server = Server(
         Command::new(
@@ -95,6 +99,7 @@ async fn main() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
+        .env("INTERNAL_PORT", internal_port.to_string())
         .env("JWT_SECRET", SECRET)
         .env("KAFKA_BROKERS", &brokers)
         .env("KAFKA_TOPICS", &topic)
@@ -206,18 +211,20 @@ async fn main() {
         .set("linger.ms", "0")
         .create()
         .unwrap();
-    // Warm-up, untimed: the producer's first send waits for its connection and metadata.
+    // Warm-up, untimed: the producer's first send to each partition waits for its connection
+    // and metadata, and the gateway's first fetches set up their sessions. One event per user
+    // key (so every partition the run uses), addressed to nobody.
     let warm = json!({"event_type": "task.updated", "user_id": "nobody", "task": {}}).to_string();
-    for _ in 0..10 {
+    for u in 0..users {
         producer
             .send(
-                FutureRecord::to(&topic).key("nobody").payload(&warm),
+                FutureRecord::to(&topic).key(&format!("user-{u}")).payload(&warm),
                 Duration::from_secs(10),
             )
             .await
             .expect("warm-up publish");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let total_events = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     let first_publish = now_us();
