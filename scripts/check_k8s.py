@@ -352,9 +352,36 @@ def check_consistency(r: Report, listed: list[dict], example_secrets: list[dict]
     app_port = str(config.get("PORT", "8005"))
     if str(ports.get("http")) != app_port:
         problems.append(f"container port http ({ports.get('http')}) != PORT ({app_port})")
-    for key in ("dapr.io/app-port", "prometheus.io/port"):
-        if key in ann and ann[key] != app_port:
-            problems.append(f"{key} ({ann[key]}) != PORT ({app_port})")
+    if "dapr.io/app-port" in ann and ann["dapr.io/app-port"] != app_port:
+        problems.append(f"dapr.io/app-port ({ann['dapr.io/app-port']}) != PORT ({app_port})")
+    # Metrics live on the internal listener, which must be reachable by the scraper.
+    internal_port = str(config.get("INTERNAL_PORT", "9005"))
+    if str(ports.get("internal")) != internal_port:
+        problems.append(f"container port internal ({ports.get('internal')}) != INTERNAL_PORT "
+                        f"({internal_port})")
+    if "prometheus.io/port" in ann and ann["prometheus.io/port"] != internal_port:
+        problems.append(f"prometheus.io/port ({ann['prometheus.io/port']}) != INTERNAL_PORT "
+                        f"({internal_port}): /metrics is only served there")
+    if config.get("INTERNAL_HOST", "127.0.0.1") in ("127.0.0.1", "localhost"):
+        problems.append("INTERNAL_HOST is loopback: Prometheus could not scrape /metrics")
+    policies = [d for d in listed if d.get("kind") == "NetworkPolicy"]
+    if config.get("INTERNAL_HOST") == "0.0.0.0" and not any(
+            any(int(p.get("port", 0)) == int(internal_port) for rule in
+                (pol["spec"].get("ingress") or []) for p in (rule.get("ports") or []))
+            for pol in policies):
+        problems.append("the internal port is open on the pod network but no NetworkPolicy "
+                        "limits who reaches it")
+    for svc in (d for d in listed if d.get("kind") == "Service"):
+        for p in svc["spec"].get("ports") or []:
+            if p.get("targetPort") in ("internal", int(internal_port)):
+                problems.append(f"Service {svc['metadata']['name']} exposes the internal port")
+    # Dapr delivery must be switched on, with a token, where a sidecar delivers.
+    if ann.get("dapr.io/enabled") == "true":
+        if str(config.get("DAPR_ENABLED", "false")).lower() != "true":
+            problems.append("the pod has a Dapr sidecar but DAPR_ENABLED is not \"true\": "
+                            "its deliveries would be answered 503")
+        if str(config.get("DAPR_INSECURE_NO_APP_TOKEN", "false")).lower() == "true":
+            problems.append("DAPR_INSECURE_NO_APP_TOKEN must not be shipped")
     probes = {"livenessProbe": "/health", "readinessProbe": "/ready"}
     for probe, path in probes.items():
         got = ((container.get(probe) or {}).get("httpGet") or {}).get("path")

@@ -10,6 +10,7 @@ fi
 
 export KAFKA_BROKERS="$KAFKA_TEST_BROKERS"
 export PORT="${PORT:-8005}"
+export INTERNAL_PORT="${INTERNAL_PORT:-9005}"
 export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me}"
 # Low fetch wait keeps end-to-end latency small on an idle local broker.
 export RDKAFKA_FETCH_WAIT_MAX_MS="${RDKAFKA_FETCH_WAIT_MAX_MS:-10}"
@@ -21,6 +22,7 @@ cat <<BANNER
  websocket-service (local)
    Kafka broker : $KAFKA_BROKERS
    WebSocket    : ws://127.0.0.1:$PORT/ws?token=<JWT>
+   Metrics      : http://127.0.0.1:$INTERNAL_PORT/metrics (internal listener, loopback)
    The token is a JWT signed HS256 with JWT_SECRET ("$JWT_SECRET"),
    whose "sub" claim is the user id.
 ------------------------------------------------------------------
