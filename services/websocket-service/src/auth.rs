@@ -298,9 +298,15 @@ impl Jwks {
         match self.fetch().await {
             Ok((keys, max_age)) => {
                 tracing::debug!(url = %self.url, keys = keys.len(), "jwks loaded");
+                let usable = !keys.is_empty();
+                // Replaced even when empty: an issuer that withdrew every key means it.
                 *self.keys.write() = keys;
-                self.readiness.open("jwks");
-                self.readiness.recover("jwks");
+                if usable {
+                    self.readiness.open("jwks");
+                    self.readiness.recover("jwks");
+                } else {
+                    self.readiness.problem("jwks", "the JWKS holds no usable key");
+                }
                 max_age
                     .unwrap_or(self.default_refresh)
                     .clamp(self.min_refresh.max(Duration::from_secs(1)), self.max_refresh)

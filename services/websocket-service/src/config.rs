@@ -360,7 +360,11 @@ impl Settings {
         if s.drain_window_secs >= s.shutdown_grace_secs {
             return fail("DRAIN_WINDOW_SECS must be shorter than SHUTDOWN_GRACE_SECS");
         }
-        if s.port != 0 && s.port == s.internal_port && s.host == s.internal_host {
+        let overlap = s.host == s.internal_host
+            || [&s.host, &s.internal_host]
+                .iter()
+                .any(|h| h.as_str() == "0.0.0.0" || h.as_str() == "::");
+        if s.port != 0 && s.port == s.internal_port && overlap {
             return fail("INTERNAL_PORT must differ from PORT: internal routes get their own listener");
         }
         let a = &self.auth;

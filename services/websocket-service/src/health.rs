@@ -55,6 +55,22 @@ impl Readiness {
         self.inner.lock().gates.contains_key(part)
     }
 
+    /// A problem of `part`, decided under one lock: it keeps the replica unready while `part`
+    /// still holds it back (start-up), and is reported as degraded afterwards.
+    pub fn problem(&self, part: &'static str, reason: impl Into<String>) {
+        let reason = reason.into();
+        let mut state = self.inner.lock();
+        if let Some(gate) = state.gates.get_mut(part) {
+            *gate = reason;
+            return;
+        }
+        let previous = state.degraded.insert(part, reason.clone());
+        drop(state);
+        if previous.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(part, reason, "degraded");
+        }
+    }
+
     /// `part` works badly; logged when the reason changes.
     pub fn degrade(&self, part: &'static str, reason: impl Into<String>) {
         let reason = reason.into();
@@ -107,5 +123,17 @@ mod tests {
         assert_eq!(report.degraded["kafka"], "all brokers down");
         r.recover("kafka");
         assert!(r.report().degraded.is_empty());
+    }
+
+    #[test]
+    fn a_problem_gates_only_before_the_gate_opened() {
+        let r = Readiness::default();
+        r.gate("kafka", "connecting");
+        r.problem("kafka", "all brokers down");
+        assert_eq!(r.report().gates["kafka"], "all brokers down");
+        r.open("kafka");
+        r.problem("kafka", "all brokers down");
+        assert!(r.is_ready(), "once open, a problem never closes the gate again");
+        assert!(r.is_degraded("kafka"));
     }
 }

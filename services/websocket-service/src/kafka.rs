@@ -7,14 +7,14 @@
 //! partition as it is first seen) and keeps no position across restarts.
 //!
 //! A discovery task refreshes metadata every `KAFKA_METADATA_REFRESH_SECS`: it assigns topics and
-//! partitions that appeared after start from their beginning (so nothing written to them before
-//! the refresh is missed) and reports the source's health. librdkafka reconnects by itself when
+//! partitions that appeared after start from the first record written since the replica started
+//! (so nothing written to them before the refresh is missed, and no older history is replayed) and reports the source's health. librdkafka reconnects by itself when
 //! brokers come and go.
 //!
 //! Readiness (see `health`): the source holds the replica back until its first assignment is
 //! done; a later broker outage is reported as degraded, not unready.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures_util::StreamExt as _;
 use std::sync::Arc;
@@ -104,11 +104,7 @@ type Gateway = StreamConsumer<Context>;
 /// A problem of the source: it keeps the replica unready while the source has not caught up once
 /// since start, and is reported as degraded afterwards.
 fn report(readiness: &Readiness, reason: String) {
-    if readiness.is_gated(SOURCE) {
-        readiness.gate(SOURCE, reason);
-    } else {
-        readiness.degrade(SOURCE, reason);
-    }
+    readiness.problem(SOURCE, reason);
 }
 
 /// The running source: the consumer and its discovery task. The consume loop is started by the
@@ -151,6 +147,9 @@ pub fn start(
         readiness,
         assigned: HashSet::new(),
         started: false,
+        started_at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
     };
     Ok(Source {
         consumer,
@@ -224,8 +223,10 @@ struct Discovery {
     /// Partitions assigned so far; never unassigned (a topic that vanishes comes back).
     assigned: HashSet<(String, i32)>,
     /// Whether the first metadata round succeeded: what it found is read live, whatever appears
-    /// after it (a topic or a partition) is read from its beginning.
+    /// after it (a topic or a partition) is read from the replica's start time.
     started: bool,
+    /// When the replica started (Unix ms).
+    started_at_ms: i64,
 }
 
 impl Discovery {
@@ -303,19 +304,36 @@ impl Discovery {
     }
 
     async fn assign(&mut self, new: Vec<(String, i32, bool)>) -> Result<(), String> {
-        // A partition first seen after start is read from its beginning. One first seen at start
-        // is read live, from the high watermark read now (not `Offset::End`, which librdkafka
-        // resolves later: a record produced in between would be skipped). The watermarks are
-        // asked for concurrently, a few at a time, each bounded by the refresh interval.
+        // A partition first seen at start is read live, from the high watermark read now (not
+        // `Offset::End`, which librdkafka resolves later: a record produced in between would be
+        // skipped). One first seen after start (a topic created later, a partition added, a
+        // topic whose metadata failed in the first round) is read from the first record written
+        // since the replica started (minus a clock margin): nothing written to it since then is
+        // missed, and nothing older (up to the topic's retention) is replayed to clients.
         let timeout = self.refresh.min(Duration::from_secs(5));
+        let since_ms = self.started_at_ms - START_MARGIN.as_millis() as i64;
+        let late: Vec<(String, i32)> = new
+            .iter()
+            .filter(|(_, _, from_start)| *from_start)
+            .map(|(t, p, _)| (t.clone(), *p))
+            .collect();
+        let consumer = self.consumer.clone();
+        let by_time = if late.is_empty() {
+            HashMap::new()
+        } else {
+            tokio::task::spawn_blocking(move || offsets_since(&consumer, &late, since_ms, timeout))
+                .await
+                .map_err(|e| format!("offset lookup task failed: {e}"))??
+        };
         let consumer = self.consumer.clone();
         let offsets: Vec<Result<(String, i32, Offset), String>> =
             futures_util::stream::iter(new.iter().cloned())
-                .map(|(topic, partition, from_start)| {
+                .map(|(topic, partition, _)| {
                     let consumer = consumer.clone();
+                    let found = by_time.get(&(topic.clone(), partition)).copied();
                     async move {
-                        if from_start {
-                            return Ok((topic, partition, Offset::Beginning));
+                        if let Some(offset) = found {
+                            return Ok((topic, partition, Offset::Offset(offset)));
                         }
                         tokio::task::spawn_blocking(move || {
                             consumer
@@ -345,6 +363,38 @@ impl Discovery {
         }
         Ok(())
     }
+}
+
+/// Clock margin when a partition first seen after start is read from the replica's start time:
+/// producers' clocks may run a little behind ours.
+const START_MARGIN: Duration = Duration::from_secs(5);
+
+/// The first offset of each partition whose record timestamp is at or after `since_ms` (one
+/// ListOffsets request for all of them). A partition with no such record is left out: it is
+/// then read from its high watermark, which is the same place.
+fn offsets_since(
+    consumer: &Gateway,
+    partitions: &[(String, i32)],
+    since_ms: i64,
+    timeout: Duration,
+) -> Result<HashMap<(String, i32), i64>, String> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(since_ms))
+            .map_err(|e| e.to_string())?;
+    }
+    let found = consumer
+        .offsets_for_times(tpl, timeout)
+        .map_err(|e| format!("offsets by time: {e}"))?;
+    let mut offsets = HashMap::new();
+    for element in found.elements() {
+        if let Offset::Offset(offset) = element.offset() {
+            if offset >= 0 && element.error().is_ok() {
+                offsets.insert((element.topic().to_string(), element.partition()), offset);
+            }
+        }
+    }
+    Ok(offsets)
 }
 
 /// What one metadata round means: partitions to assign, each with whether to read it from the

@@ -152,7 +152,8 @@ impl Gateway {
         shutdown.cancelled().await;
         let grace = std::time::Duration::from_secs(settings.server.shutdown_grace_secs);
         let deadline = tokio::time::Instant::now() + grace;
-        self.drain().await;
+        // The drain never outlasts the grace period, whatever the window and the stragglers.
+        let _ = tokio::time::timeout_at(deadline, self.drain()).await;
         self.sources.cancel();
         if let Some(source) = self.kafka {
             tasks.push(source.discovery);

@@ -26,6 +26,8 @@ pub async fn ws_route(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    // Counted before the drain check, so a drain that starts right after it waits for this one.
+    let _upgrading = Upgrading::new(state.clone().into_inner());
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         state.stats.connection_rejected("draining");
         return Ok(HttpResponse::ServiceUnavailable()
@@ -34,7 +36,6 @@ pub async fn ws_route(
     }
     let token = token_from(&req);
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    let _upgrading = Upgrading::new(state.clone().into_inner());
     let identity = match token {
         Some(token) => state.auth.verify(&token).await,
         None => Err(AuthError::Missing),
@@ -155,19 +156,24 @@ impl SlotGuard {
         SlotGuard {
             slot,
             stats: None,
-            ended: "panic",
+            ended: "",
         }
     }
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        if let Some(stats) = &self.stats {
-            if self.ended == "panic" {
+        let Some(stats) = &self.stats else { return };
+        let ended = match self.ended {
+            "" if std::thread::panicking() => {
                 tracing::error!(user_id = %self.slot.user(), "websocket session task panicked");
+                "panic"
             }
-            stats.session_closed(self.ended);
-        }
+            // The task was dropped before it ended (the server stopped its worker).
+            "" => "cancelled",
+            ended => ended,
+        };
+        stats.session_closed(ended);
     }
 }
 
@@ -359,8 +365,9 @@ enum Control {
 }
 
 /// Writes the oldest queued message and only then removes it from the queue. Abandoned by the
-/// `select!` before it completes, nothing was sent (tokio's channel `send` guarantees it) and
-/// the message is still first in line.
+/// `select!` before it completes, nothing was sent and the message is still first in line:
+/// actix-ws waits for room in its channel (`PollSender::poll_ready`, the only point where this
+/// future can be pending) and then hands the message over and flushes within the same poll.
 async fn write_front(session: &mut Session, mailbox: &Mailbox) -> Result<(), End> {
     let Some(msg) = mailbox.front() else {
         return Ok(());
