@@ -16,8 +16,8 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::dapr;
-use crate::session::ws_route;
+use crate::ingest::dapr;
+use crate::transport::ws::ws_route;
 use crate::AppState;
 
 /// The bound sockets the gateway serves on (tests bind port 0).

@@ -2,20 +2,21 @@
 //! they are addressed to.
 //!
 //! # Layout
-//! - [`config`]: settings from defaults, an optional TOML file and the environment; validated.
-//! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
-//! - [`http`]: the public listener (`/ws`, `/health`, `/ready`, Dapr) and the internal one
-//!   (`/metrics`, the server API).
-//! - [`session`]: one WebSocket connection: upgrade, auth, write loop, heartbeat, close codes.
+//! An event flows one way: [`ingest`] -> [`hub`] -> [`transport`].
+//!
+//! - [`ingest`]: where events come from: [`ingest::kafka`] (every partition, no consumer
+//!   group) and [`ingest::dapr`] (subscription discovery, delivery route, app token).
+//! - [`hub`]: who receives what: [`hub::registry`] (sessions, mailboxes, limits),
+//!   [`hub::router`] (event -> message -> mailboxes), [`hub::dedup`] (one event, one delivery).
+//! - [`transport`]: how it reaches the client: [`transport::ws`] (one WebSocket session: auth,
+//!   its loop, heartbeat, deadlines, close codes).
 //! - [`protocol`]: the messages on the socket and the close codes.
-//! - [`registry`]: user id -> open sessions, each with a bounded mailbox; connection limits.
-//! - [`router`]: decoded event -> message -> the user's mailboxes; shared by every source.
-//! - [`kafka`]: the direct Kafka source (every partition, no consumer group).
-//! - [`dapr`]: the Dapr pub/sub path: subscription discovery, delivery route, app token.
-//! - [`dedup`]: one event, one delivery, within a bounded window.
+//! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
+//! - [`http`]: the public and internal listeners and their routes.
+//! - [`config`]: settings from defaults, an optional TOML file and the environment; validated.
 //! - [`health`]: readiness: what holds the replica back, what is degraded.
 //! - [`supervise`]: restarts background tasks that panic.
-//! - [`telemetry`]: logging and counters.
+//! - [`telemetry`]: logging, counters and Prometheus metrics, emitted together.
 //!
 //! [`Gateway`] ties them together; `main.rs` only reads the environment and signals.
 
@@ -24,17 +25,17 @@
 
 pub mod auth;
 pub mod config;
-pub mod dapr;
-pub mod dedup;
 pub mod health;
 pub mod http;
-pub mod kafka;
+pub mod hub;
+pub mod ingest;
 pub mod protocol;
-pub mod registry;
-pub mod router;
-pub mod session;
 pub mod supervise;
 pub mod telemetry;
+pub mod transport;
+
+use hub::{dedup, registry, router};
+use ingest::kafka;
 
 use std::sync::Arc;
 

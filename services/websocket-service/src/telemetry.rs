@@ -227,10 +227,10 @@ impl Stats {
     }
 
     /// A record or delivery that is not a task event: counted, logged with where it came from.
-    pub fn event_malformed(&self, origin: &crate::router::Origin<'_>, error: &dyn std::fmt::Display) {
+    pub fn event_malformed(&self, origin: &crate::hub::router::Origin<'_>, error: &dyn std::fmt::Display) {
         self.records_malformed.fetch_add(1, Relaxed);
         match *origin {
-            crate::router::Origin::Kafka {
+            crate::hub::router::Origin::Kafka {
                 topic,
                 partition,
                 offset,
@@ -242,7 +242,7 @@ impl Stats {
                     .inc();
                 tracing::warn!(topic, partition, offset, %error, "malformed kafka record skipped")
             }
-            crate::router::Origin::Dapr {
+            crate::hub::router::Origin::Dapr {
                 topic,
                 partition,
                 offset,

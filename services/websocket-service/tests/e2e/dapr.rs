@@ -426,7 +426,7 @@ async fn publisher_through_a_sidecar_to_websocket() {
 async fn delivery_bodies_are_bounded() {
     let gw = dapr_gateway().await;
     let mut client = connect(&gw.url(&token("big"))).await;
-    let limit = websocket_service::dapr::MAX_BODY_BYTES;
+    let limit = websocket_service::ingest::dapr::MAX_BODY_BYTES;
     let under = "x".repeat(2 * 1024 * 1024);
     let event = cloudevent(
         "big-1",

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use subtle::ConstantTimeEq;
 
-use crate::router::{Origin, Routed};
+use crate::hub::router::{Origin, Routed};
 use crate::AppState;
 
 /// Largest delivery body read (a bulk delivery holds up to `DAPR_BULK_MAX_MESSAGES` events).

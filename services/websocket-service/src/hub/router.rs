@@ -6,9 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use task_events::{DecodeError, TaskEvent};
 
-use crate::dedup::Dedup;
+use crate::hub::dedup::Dedup;
+use crate::hub::registry::{Delivery, Registry};
 use crate::protocol::{now_rfc3339, rfc3339, ServerMessage};
-use crate::registry::{Delivery, Registry};
 use crate::telemetry::Stats;
 
 /// Where an event was read: used for its fallback id and timestamp, and in error logs.

@@ -13,8 +13,8 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
+use crate::hub::registry::{Mailbox, Slot};
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, ServerMessage};
-use crate::registry::{Mailbox, Slot};
 use crate::AppState;
 
 /// How long a close frame may take to be queued before the connection is simply dropped.
@@ -53,9 +53,9 @@ pub async fn ws_route(
         Ok(slot) => slot,
         Err(limit) => {
             state.stats.connection_rejected(match limit {
-                crate::registry::LimitHit::Total => "limit_total",
-                crate::registry::LimitHit::PerUser => "limit_per_user",
-                crate::registry::LimitHit::Draining => "draining",
+                crate::hub::registry::LimitHit::Total => "limit_total",
+                crate::hub::registry::LimitHit::PerUser => "limit_per_user",
+                crate::hub::registry::LimitHit::Draining => "draining",
             });
             tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
             close_now(session, limit.close_code(), &limit.to_string()).await;

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::health::Readiness;
-use crate::router::{Origin, Router};
+use crate::hub::router::{Origin, Router};
 use crate::telemetry::{partition_labels, Stats};
 
 const SOURCE: &str = "kafka";

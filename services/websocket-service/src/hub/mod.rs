@@ -1,0 +1,11 @@
+//! The hub: who is connected and who receives what. No actix here: everything is testable
+//! without a network.
+//!
+//! - [`registry`]: open sessions, each with a bounded mailbox; connection limits.
+//! - [`router`]: a decoded event, to the message, to the mailboxes of its audience; shared by
+//!   every source.
+//! - [`dedup`]: one event, one delivery, within a bounded window.
+
+pub mod dedup;
+pub mod registry;
+pub mod router;
