@@ -14,7 +14,8 @@ use serde::Deserialize;
 pub const EXIT_USAGE: i32 = 64;
 
 /// Environment variable -> configuration key. `BETTER_AUTH_SECRET` is an alias that
-/// `JWT_SECRET` overrides when both are set (it comes later in this list).
+/// `JWT_SECRET` overrides when both are set (it comes later in this list); likewise
+/// `PUBLISH_API_KEY` and `SERVER_API_KEY`.
 pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HOST", "server.host"),
     ("PORT", "server.port"),
@@ -58,13 +59,24 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("DAPR_BULK_MAX_MESSAGES", "dapr.bulk_max_messages"),
     ("DAPR_BULK_MAX_AWAIT_MS", "dapr.bulk_max_await_ms"),
     ("APP_API_TOKEN", "dapr.app_api_token"),
+    ("ROOMS_PUBLIC", "rooms.public"),
+    ("MAX_ROOMS_PER_SESSION", "rooms.max_per_session"),
+    ("MAX_EVENT_FILTERS", "server.max_event_filters"),
+    ("ANONYMOUS_ENABLED", "anonymous.enabled"),
+    ("ANONYMOUS_MAX_CONNECTIONS", "anonymous.max_connections"),
+    ("PUBLISH_API_KEY", "api.key"),
+    ("SERVER_API_KEY", "api.key"),
+    ("PUBLISH_TOPIC", "api.publish_topic"),
+    ("PUBLISH_MAX_EVENTS", "api.publish_max_events"),
+    ("PUBLISH_MAX_BODY_BYTES", "api.publish_max_body_bytes"),
+    ("PUBLISH_TIMEOUT_MS", "api.publish_timeout_ms"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["kafka.topics"];
+const LIST_KEYS: &[&str] = &["kafka.topics", "rooms.public"];
 
 /// Prefix of librdkafka pass-through properties in the environment.
 pub const RDKAFKA_ENV_PREFIX: &str = "RDKAFKA_";
@@ -78,7 +90,50 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub dapr: DaprSettings,
     pub dedup: DedupSettings,
+    pub rooms: RoomsSettings,
+    pub anonymous: AnonymousSettings,
+    pub api: ApiSettings,
     pub log: LogSettings,
+}
+
+/// Rooms: who may join what, and how many.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsSettings {
+    /// Room names or `prefix*` patterns anyone may join (besides what a token's `rooms` claim
+    /// grants), e.g. `lobby,public:*`.
+    pub public: Vec<String>,
+    /// Rooms one session may be in at once; one more is answered `limit`.
+    pub max_per_session: usize,
+}
+
+/// Sessions without a token (status dashboards). Off by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnonymousSettings {
+    /// Accept a connection without a token as an anonymous session: it receives `all`
+    /// broadcasts and public rooms only, and can send pings, joins of public rooms and filters.
+    pub enabled: bool,
+    /// Anonymous sessions allowed on this instance (counted apart from `MAX_CONNECTIONS`'s
+    /// share); one more is closed with 1013.
+    pub max_connections: usize,
+}
+
+/// The server API on the internal listener (`/api/...`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Key a backend sends as `Authorization: Bearer <key>` (or `X-API-Key`). The server API is
+    /// off while it is unset.
+    pub key: Option<String>,
+    /// Topic `POST /api/publish` writes to; empty means the first of `KAFKA_TOPICS`.
+    pub publish_topic: String,
+    /// Most events in one publish request.
+    pub publish_max_events: usize,
+    /// Largest publish request body.
+    pub publish_max_body_bytes: usize,
+    /// How long a publish waits for the broker's acknowledgement before answering 503.
+    pub publish_timeout_ms: u64,
 }
 
 /// The HTTP/WebSocket listener and per-session limits.
@@ -107,6 +162,8 @@ pub struct ServerSettings {
     pub max_frame_bytes: usize,
     /// Outbound messages queued per session before it counts as a slow consumer (close 4008).
     pub session_queue_capacity: usize,
+    /// Event types one session may subscribe to at once; more is answered `limit`.
+    pub max_event_filters: usize,
     /// How often the server pings each session.
     pub heartbeat_interval_secs: u64,
     /// A session that sends nothing (not even a pong) for this long is dropped as dead.
@@ -255,6 +312,15 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("dapr.bulk_subscribe", DefaultValue::Bool(false)),
     ("dapr.bulk_max_messages", DefaultValue::Int(100)),
     ("dapr.bulk_max_await_ms", DefaultValue::Int(1000)),
+    ("server.max_event_filters", DefaultValue::Int(100)),
+    ("rooms.public", DefaultValue::List(&[])),
+    ("rooms.max_per_session", DefaultValue::Int(100)),
+    ("anonymous.enabled", DefaultValue::Bool(false)),
+    ("anonymous.max_connections", DefaultValue::Int(1000)),
+    ("api.publish_topic", DefaultValue::Str("")),
+    ("api.publish_max_events", DefaultValue::Int(100)),
+    ("api.publish_max_body_bytes", DefaultValue::Int(1024 * 1024)),
+    ("api.publish_timeout_ms", DefaultValue::Int(5000)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -417,6 +483,48 @@ impl Settings {
         if d.pubsub_name.is_empty() || d.topic.is_empty() {
             return fail("DAPR_PUBSUB_NAME and DAPR_TOPIC must not be empty");
         }
+        within(
+            "MAX_ROOMS_PER_SESSION",
+            self.rooms.max_per_session as u64,
+            1,
+            10_000,
+        )?;
+        within("MAX_EVENT_FILTERS", s.max_event_filters as u64, 1, 10_000)?;
+        within(
+            "ANONYMOUS_MAX_CONNECTIONS",
+            self.anonymous.max_connections as u64,
+            0,
+            10_000_000,
+        )?;
+        for pattern in &self.rooms.public {
+            let name = pattern.strip_suffix('*').unwrap_or(pattern);
+            let every_room = pattern == "*";
+            if !every_room && !task_events::valid_room_name(name) {
+                return fail(&format!(
+                    "ROOMS_PUBLIC: {pattern:?} is not a room name or `prefix*` pattern (letters, digits, _ - . : @ /)"
+                ));
+            }
+        }
+        let api = &self.api;
+        if api.key.as_deref().is_some_and(|k| k.len() < 16) {
+            return fail(
+                "SERVER_API_KEY (PUBLISH_API_KEY) is shorter than 16 bytes; use a longer random key",
+            );
+        }
+        if !api.publish_topic.is_empty()
+            && self.kafka_enabled()
+            && !self.kafka.topics.contains(&api.publish_topic)
+        {
+            return fail("PUBLISH_TOPIC must be one of KAFKA_TOPICS, or the gateway would never deliver what it publishes");
+        }
+        within("PUBLISH_MAX_EVENTS", api.publish_max_events as u64, 1, 10_000)?;
+        within(
+            "PUBLISH_MAX_BODY_BYTES",
+            api.publish_max_body_bytes as u64,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        within("PUBLISH_TIMEOUT_MS", api.publish_timeout_ms, 100, 120_000)?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -436,6 +544,17 @@ impl Settings {
 
     pub fn client_timeout(&self) -> Duration {
         Duration::from_secs(self.server.client_timeout_secs)
+    }
+
+    /// The topic `POST /api/publish` writes to, when Kafka is configured.
+    pub fn publish_topic(&self) -> Option<&str> {
+        if !self.kafka_enabled() {
+            return None;
+        }
+        match self.api.publish_topic.as_str() {
+            "" => self.kafka.topics.first().map(String::as_str),
+            topic => Some(topic),
+        }
     }
 
     pub fn write_timeout(&self) -> Duration {

@@ -5,8 +5,8 @@
 //!   existing deployments point their sidecar at 8005 (`dapr.io/app-port`). The Dapr routes are
 //!   off unless `DAPR_ENABLED`, and then require the sidecar's app token.
 //! - Internal (`INTERNAL_HOST:INTERNAL_PORT`, loopback:9005 by default): what only the cluster
-//!   calls: `GET /metrics` (and the server API), plus `/health`, `/ready` and the Dapr routes, so
-//!   a sidecar can be pointed here too.
+//!   calls: `GET /metrics`, the server API (`POST /api/publish`, with the server API key), plus
+//!   `/health`, `/ready` and the Dapr routes, so a sidecar can be pointed here too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +84,7 @@ pub fn internal_server(state: Arc<AppState>, listener: std::net::TcpListener) ->
         App::new()
             .app_data(data.clone())
             .route("/metrics", web::get().to(metrics))
+            .route("/api/publish", web::post().to(crate::ingest::publish::publish))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
             .configure(|cfg| dapr_routes(cfg, &dapr_route))

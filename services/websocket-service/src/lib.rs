@@ -56,6 +56,10 @@ pub struct AppState {
     /// Upgrades accepted but not yet admitted or refused (their token is being verified): the
     /// drain waits for them too, so each gets its close.
     pub upgrading: std::sync::atomic::AtomicUsize,
+    /// `ROOMS_PUBLIC`, parsed once.
+    pub public_rooms: Vec<auth::grants::RoomPattern>,
+    /// Writes `POST /api/publish`'s events to Kafka, when Kafka is configured.
+    pub publisher: Option<ingest::publish::Producer>,
 }
 
 /// A configured gateway, not yet serving.
@@ -75,11 +79,18 @@ impl Gateway {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let readiness = health::Readiness::default();
         let auth = auth::Authenticator::from_settings(&settings.auth, &readiness)?;
-        let registry = Arc::new(registry::Registry::new(
-            settings.server.max_connections,
-            settings.server.max_connections_per_user,
-            settings.server.session_queue_capacity,
-        ));
+        let registry = Arc::new(registry::Registry::new(registry::Limits {
+            max_total: settings.server.max_connections,
+            max_per_user: settings.server.max_connections_per_user,
+            max_anonymous: settings.anonymous.max_connections,
+            queue_capacity: settings.server.session_queue_capacity,
+        }));
+        let public_rooms = settings
+            .rooms
+            .public
+            .iter()
+            .map(|p| auth::grants::RoomPattern::parse(p))
+            .collect();
         let stats = Arc::new(telemetry::Stats::default());
         let dedup = dedup::Dedup::new(
             std::time::Duration::from_secs(settings.dedup.window_secs),
@@ -104,6 +115,7 @@ impl Gateway {
                  never run like this outside a local experiment"
             );
         }
+        let publisher = ingest::publish::Producer::from_settings(&settings)?;
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -113,6 +125,8 @@ impl Gateway {
             router,
             draining: std::sync::atomic::AtomicBool::new(false),
             upgrading: std::sync::atomic::AtomicUsize::new(0),
+            public_rooms,
+            publisher,
         });
         Ok(Gateway {
             state,

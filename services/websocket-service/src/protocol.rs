@@ -29,14 +29,35 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The user already has `MAX_CONNECTIONS_PER_USER` sessions on this instance.
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    /// The token does not grant the workspace asked for with `?workspace_id=`.
+    pub const FORBIDDEN: u16 = 4003;
 }
 
-/// A message from the client. Only `type` is looked at first, so an unknown type can be named in
-/// the error.
+/// A message from the client: its `type`, and the fields the known types take. Unknown fields
+/// are ignored (clients may send more than we read).
 #[derive(Deserialize)]
 pub struct ClientEnvelope<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: std::borrow::Cow<'a, str>,
+    /// `join_room`, `leave_room`.
+    #[serde(default, borrow)]
+    pub room: Option<std::borrow::Cow<'a, str>>,
+    /// `subscribe`, `unsubscribe`.
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
+}
+
+/// `{"room": R}` under `data`.
+#[derive(Serialize)]
+pub struct RoomData<'a> {
+    pub room: &'a str,
+}
+
+/// `{"event_types": [...]}` under `data`: the session's filter after the change; empty means
+/// every type.
+#[derive(Serialize)]
+pub struct FilterData<'a> {
+    pub event_types: &'a [Box<str>],
 }
 
 /// Messages the service sends.
@@ -44,9 +65,25 @@ pub struct ClientEnvelope<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
     Connected {
+        /// `connected` again, for clients that dispatch on `event`.
+        event: &'static str,
         connection_id: &'a str,
         user_id: &'a str,
-        server_time: String,
+        workspace_id: Option<&'a str>,
+        server_time: &'a str,
+        timestamp: &'a str,
+    },
+    JoinedRoom {
+        data: RoomData<'a>,
+    },
+    LeftRoom {
+        data: RoomData<'a>,
+    },
+    Subscribed {
+        data: FilterData<'a>,
+    },
+    Unsubscribed {
+        data: FilterData<'a>,
     },
     Pong {
         server_time: String,
@@ -61,6 +98,31 @@ pub enum ServerMessage<'a> {
         id: &'a str,
         timestamp: &'a str,
     },
+}
+
+/// A generic event as delivered: both `type` (the helpdesk frontend dispatches on it) and
+/// `event` (the analytics frontend does) carry the event type, so one message serves both.
+#[derive(Serialize)]
+pub struct EventMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub event: &'a str,
+    pub data: &'a RawValue,
+    pub id: &'a str,
+    pub timestamp: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<&'a str>,
+}
+
+impl EventMessage<'_> {
+    pub fn to_text(&self) -> ByteString {
+        // Serialising these types cannot fail: strings and an already valid JSON value.
+        serde_json::to_string(self)
+            .expect("event message serialises")
+            .into()
+    }
 }
 
 impl ServerMessage<'_> {

@@ -67,7 +67,13 @@ pub struct Metrics {
     pub auth_failures: Family<ReasonLabels, Counter>,
     pub delivery_latency: Histogram,
     pub degraded: Family<PartLabels, Gauge>,
+    pub api_publish: Family<ResultLabels, Counter>,
     pub task_restarts: Family<TaskLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +106,7 @@ impl Default for Metrics {
             // 1 ms .. ~16 s.
             delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             degraded: Family::default(),
+            api_publish: Family::default(),
             task_restarts: Family::default(),
         };
         let mut m = m;
@@ -171,6 +178,11 @@ impl Default for Metrics {
             m.degraded.clone(),
         );
         r.register(
+            "api_publish_events",
+            "Events handled by POST /api/publish, by result (per request for refusals)",
+            m.api_publish.clone(),
+        );
+        r.register(
             "task_restarts",
             "Background tasks restarted after a panic",
             m.task_restarts.clone(),
@@ -227,10 +239,10 @@ impl Stats {
     }
 
     /// A record or delivery that is not a task event: counted, logged with where it came from.
-    pub fn event_malformed(&self, origin: &crate::hub::router::Origin<'_>, error: &dyn std::fmt::Display) {
+    pub fn event_malformed(&self, origin: &crate::ingest::Origin<'_>, error: &dyn std::fmt::Display) {
         self.records_malformed.fetch_add(1, Relaxed);
         match *origin {
-            crate::hub::router::Origin::Kafka {
+            crate::ingest::Origin::Kafka {
                 topic,
                 partition,
                 offset,
@@ -242,7 +254,7 @@ impl Stats {
                     .inc();
                 tracing::warn!(topic, partition, offset, %error, "malformed kafka record skipped")
             }
-            crate::hub::router::Origin::Dapr {
+            crate::ingest::Origin::Dapr {
                 topic,
                 partition,
                 offset,
@@ -250,7 +262,19 @@ impl Stats {
             } => {
                 tracing::warn!(topic, partition, offset, %error, "malformed dapr event dropped")
             }
+            crate::ingest::Origin::Api => tracing::info!(%error, "invalid event refused by the publish API"),
         }
+    }
+
+    /// Events handled by `POST /api/publish`, by outcome (written, delivered_locally, invalid,
+    /// unauthorized, too_large, broker_failed).
+    pub fn api_publish(&self, result: &str, count: u64) {
+        self.metrics
+            .api_publish
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc_by(count);
     }
 
     pub fn slow_client(&self, user_id: &str) {

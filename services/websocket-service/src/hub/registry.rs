@@ -1,17 +1,24 @@
-//! Who is connected: user id -> that user's open sessions, each with its bounded mailbox.
+//! Who is connected, and who receives an event.
 //!
-//! The fan-out ([`Registry::deliver`]) never waits for a client: it pushes into each session's
-//! mailbox and moves on. A full mailbox is a decision, not a wait: the session is kicked with
-//! 4008 (slow consumer) and its messages are dropped, so one stalled client costs at most
-//! `SESSION_QUEUE_CAPACITY` messages of memory and delays nobody else.
+//! Every open session has an entry (its user, workspace, roles, joined rooms and event filter)
+//! and a bounded mailbox. Sessions are indexed by user, workspace, role and room, so routing an
+//! event costs in proportion to its audience on this replica, not to the number of connections
+//! ([`Registry::deliver`]); only an `all` broadcast walks every session.
+//!
+//! The fan-out never waits for a client: it pushes into each session's mailbox and moves on. A
+//! full mailbox is a decision, not a wait: the session is kicked with 4008 (slow consumer) and
+//! its messages are dropped, so one stalled client costs at most `SESSION_QUEUE_CAPACITY`
+//! messages of memory and delays nobody else.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
+
+use task_events::Audience;
 
 use crate::protocol::close;
 
@@ -109,6 +116,8 @@ pub enum LimitHit {
     Total,
     #[error("too many connections for this user")]
     PerUser,
+    #[error("too many anonymous connections")]
+    Anonymous,
     #[error("server shutting down")]
     Draining,
 }
@@ -116,7 +125,7 @@ pub enum LimitHit {
 impl LimitHit {
     pub fn close_code(self) -> u16 {
         match self {
-            LimitHit::Total => close::TRY_AGAIN_LATER,
+            LimitHit::Total | LimitHit::Anonymous => close::TRY_AGAIN_LATER,
             LimitHit::PerUser => close::TOO_MANY_CONNECTIONS,
             LimitHit::Draining => close::GOING_AWAY,
         }
@@ -134,10 +143,105 @@ pub struct Delivery {
     pub dropped: usize,
 }
 
+/// A session's identity, fixed when it is admitted.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// The token's `sub` (for an anonymous session, a name no producer can address).
+    pub user: Arc<str>,
+    /// The workspace the session is bound to, if any.
+    pub workspace: Option<Arc<str>>,
+    /// The token's roles.
+    pub roles: Box<[Arc<str>]>,
+    /// An anonymous session: only `all` broadcasts and public rooms reach it.
+    pub anonymous: bool,
+}
+
+impl Profile {
+    pub fn user(user: &str) -> Self {
+        Profile {
+            user: user.into(),
+            workspace: None,
+            roles: Box::new([]),
+            anonymous: false,
+        }
+    }
+}
+
+pub type SessionId = u64;
+
+/// A room is named within a workspace: sessions bound to workspace A and to workspace B that
+/// join a room of the same name are in two different rooms.
+type RoomKey = (Option<Arc<str>>, Arc<str>);
+
+/// A session's entry: its profile, mailbox, and what it chose (rooms, filter).
+struct Entry {
+    profile: Profile,
+    mailbox: Arc<Mailbox>,
+    /// Rooms joined, at most `max_rooms`.
+    rooms: Vec<Arc<str>>,
+    /// Event types the session wants; `None` means every type.
+    filter: Option<Box<[Box<str>]>>,
+}
+
+impl Entry {
+    fn wants(&self, event_type: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|types| types.iter().any(|t| &**t == event_type))
+    }
+}
+
+/// The sessions and their indexes; always changed together, under one lock.
+#[derive(Default)]
+struct Index {
+    sessions: HashMap<SessionId, Entry>,
+    by_user: HashMap<Arc<str>, Vec<SessionId>>,
+    by_workspace: HashMap<Arc<str>, HashSet<SessionId>>,
+    by_role: HashMap<Arc<str>, HashSet<SessionId>>,
+    by_room: HashMap<RoomKey, HashSet<SessionId>>,
+    anonymous: usize,
+}
+
+fn unindex<K: std::hash::Hash + Eq>(map: &mut HashMap<K, HashSet<SessionId>>, key: &K, id: SessionId) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(&id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Why a join was refused by the registry (authorization is decided before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefused {
+    /// The session already holds `max_rooms` rooms.
+    Limit,
+    /// The session is gone.
+    Gone,
+}
+
+/// A change to a session's event filter.
+#[derive(Debug, Clone)]
+pub enum FilterChange {
+    Add(Vec<String>),
+    /// These types, or (`None`) all of them.
+    Remove(Option<Vec<String>>),
+}
+
+/// Why a filter change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterRefused {
+    /// The result would hold more than the allowed number of types.
+    Limit,
+    /// The session is gone.
+    Gone,
+}
+
 /// A session's place in the registry. Dropping it unregisters the session, however the session
 /// task ends (a panic included), so a slot can never leak.
 pub struct Slot {
     registry: Arc<Registry>,
+    id: SessionId,
     user: Arc<str>,
     mailbox: Arc<Mailbox>,
 }
@@ -150,109 +254,299 @@ impl Slot {
     pub fn user(&self) -> &Arc<str> {
         &self.user
     }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.registry.unregister(&self.user, &self.mailbox);
+        self.registry.unregister(self.id);
     }
 }
 
-/// All sessions of this instance, by user.
+/// The bounds of the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_total: usize,
+    pub max_per_user: usize,
+    pub max_anonymous: usize,
+    pub queue_capacity: usize,
+}
+
+/// All sessions of this instance.
 pub struct Registry {
-    users: RwLock<HashMap<Arc<str>, Vec<Arc<Mailbox>>>>,
-    open: AtomicUsize,
+    index: RwLock<Index>,
+    next_id: AtomicU64,
     /// Set when the drain starts: no session is admitted after it, so none can miss its 1001.
     closed: AtomicBool,
-    max_total: usize,
-    max_per_user: usize,
-    queue_capacity: usize,
+    limits: Limits,
 }
 
 impl Registry {
-    pub fn new(max_total: usize, max_per_user: usize, queue_capacity: usize) -> Self {
+    pub fn new(limits: Limits) -> Self {
         Registry {
-            users: RwLock::new(HashMap::new()),
-            open: AtomicUsize::new(0),
+            index: RwLock::new(Index::default()),
+            next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
-            max_total,
-            max_per_user,
-            queue_capacity,
+            limits,
         }
     }
 
-    /// Admits a session for `user` and returns its slot, or says which limit refused it.
-    pub fn admit(self: &Arc<Self>, user: &Arc<str>) -> Result<Slot, LimitHit> {
-        let mailbox = self.register(user)?;
-        Ok(Slot {
-            registry: self.clone(),
-            user: user.clone(),
-            mailbox,
-        })
-    }
-
-    /// Admits a session for `user`, or says which limit refused it.
-    pub fn register(&self, user: &Arc<str>) -> Result<Arc<Mailbox>, LimitHit> {
-        let mut users = self.users.write();
+    /// Admits a session and returns its slot, or says which limit refused it.
+    pub fn admit(self: &Arc<Self>, profile: Profile) -> Result<Slot, LimitHit> {
+        let mut index = self.index.write();
         // Checked under the lock that `close_admission` takes: a session is either in the
         // snapshot the drain kicks, or refused here.
         if self.closed.load(Ordering::Acquire) {
             return Err(LimitHit::Draining);
         }
-        if self.open.load(Ordering::Relaxed) >= self.max_total {
+        if index.sessions.len() >= self.limits.max_total {
             return Err(LimitHit::Total);
         }
-        let sessions = users.entry(user.clone()).or_default();
-        if sessions.len() >= self.max_per_user {
-            if sessions.is_empty() {
-                users.remove(user);
-            }
+        if profile.anonymous && index.anonymous >= self.limits.max_anonymous {
+            return Err(LimitHit::Anonymous);
+        }
+        if index.by_user.get(&profile.user).map_or(0, Vec::len) >= self.limits.max_per_user {
             return Err(LimitHit::PerUser);
         }
-        let mailbox = Arc::new(Mailbox::new(self.queue_capacity));
-        sessions.push(mailbox.clone());
-        self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(mailbox)
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mailbox = Arc::new(Mailbox::new(self.limits.queue_capacity));
+        index.by_user.entry(profile.user.clone()).or_default().push(id);
+        if let Some(ws) = &profile.workspace {
+            index.by_workspace.entry(ws.clone()).or_default().insert(id);
+        }
+        for role in profile.roles.iter() {
+            index.by_role.entry(role.clone()).or_default().insert(id);
+        }
+        if profile.anonymous {
+            index.anonymous += 1;
+        }
+        let user = profile.user.clone();
+        index.sessions.insert(
+            id,
+            Entry {
+                profile,
+                mailbox: mailbox.clone(),
+                rooms: Vec::new(),
+                filter: None,
+            },
+        );
+        Ok(Slot {
+            registry: self.clone(),
+            id,
+            user,
+            mailbox,
+        })
     }
 
-    /// Refuses every later [`Registry::register`] (the drain has started).
+    /// Refuses every later [`Registry::admit`] (the drain has started).
     pub fn close_admission(&self) {
-        let _users = self.users.write();
+        let _index = self.index.write();
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Removes a session; the user's entry goes with its last session.
-    pub fn unregister(&self, user: &str, mailbox: &Arc<Mailbox>) {
-        let mut users = self.users.write();
-        if let Some(sessions) = users.get_mut(user) {
-            if let Some(i) = sessions.iter().position(|m| Arc::ptr_eq(m, mailbox)) {
-                sessions.swap_remove(i);
-                self.open.fetch_sub(1, Ordering::Relaxed);
+    /// Removes a session from every index.
+    fn unregister(&self, id: SessionId) {
+        let mut index = self.index.write();
+        let Some(entry) = index.sessions.remove(&id) else {
+            return;
+        };
+        let profile = &entry.profile;
+        if let Some(ids) = index.by_user.get_mut(&profile.user) {
+            ids.retain(|s| *s != id);
+            if ids.is_empty() {
+                index.by_user.remove(&profile.user);
             }
-            if sessions.is_empty() {
-                users.remove(user);
-            }
+        }
+        if let Some(ws) = &profile.workspace {
+            unindex(&mut index.by_workspace, ws, id);
+        }
+        for role in profile.roles.iter() {
+            unindex(&mut index.by_role, role, id);
+        }
+        for room in &entry.rooms {
+            unindex(&mut index.by_room, &(profile.workspace.clone(), room.clone()), id);
+        }
+        if profile.anonymous {
+            index.anonymous -= 1;
         }
     }
 
-    /// Queues a message to every session of `user`, without waiting for any of them. The
-    /// message is built (once, shared by all sessions) only if the user has a session here.
-    pub fn deliver(&self, user: &str, make: impl FnOnce() -> ByteString) -> Delivery {
-        let users = self.users.read();
-        let mut outcome = Delivery::default();
-        let Some(sessions) = users.get(user) else {
-            return outcome;
+    /// Adds a room to a session (idempotent).
+    pub fn join(&self, id: SessionId, room: &str, max_rooms: usize) -> Result<(), JoinRefused> {
+        let mut index = self.index.write();
+        let Index {
+            sessions, by_room, ..
+        } = &mut *index;
+        let entry = sessions.get_mut(&id).ok_or(JoinRefused::Gone)?;
+        if entry.rooms.iter().any(|r| &**r == room) {
+            return Ok(());
+        }
+        if entry.rooms.len() >= max_rooms {
+            return Err(JoinRefused::Limit);
+        }
+        let room: Arc<str> = room.into();
+        entry.rooms.push(room.clone());
+        by_room
+            .entry((entry.profile.workspace.clone(), room))
+            .or_default()
+            .insert(id);
+        Ok(())
+    }
+
+    /// Removes a room from a session (idempotent).
+    pub fn leave(&self, id: SessionId, room: &str) {
+        let mut index = self.index.write();
+        let Index {
+            sessions, by_room, ..
+        } = &mut *index;
+        let Some(entry) = sessions.get_mut(&id) else {
+            return;
         };
-        let msg = make();
-        for mailbox in sessions {
-            if mailbox.kicked().is_some() {
-                continue;
+        let Some(at) = entry.rooms.iter().position(|r| &**r == room) else {
+            return;
+        };
+        let room = entry.rooms.swap_remove(at);
+        unindex(by_room, &(entry.profile.workspace.clone(), room), id);
+    }
+
+    /// Changes the session's event filter and returns the resulting list (empty: every type).
+    /// A change that would leave more than `max` types changes nothing.
+    pub fn change_filter(
+        &self,
+        id: SessionId,
+        change: FilterChange,
+        max: usize,
+    ) -> Result<Vec<Box<str>>, FilterRefused> {
+        let mut index = self.index.write();
+        let entry = index.sessions.get_mut(&id).ok_or(FilterRefused::Gone)?;
+        let mut types: Vec<Box<str>> = entry.filter.take().map(Vec::from).unwrap_or_default();
+        let before = types.clone();
+        match change {
+            FilterChange::Add(add) => {
+                for t in add {
+                    if !types.iter().any(|c| **c == *t) {
+                        types.push(t.into());
+                    }
+                }
             }
-            match mailbox.push(msg.clone()) {
+            FilterChange::Remove(Some(remove)) => types.retain(|c| !remove.iter().any(|t| **c == **t)),
+            FilterChange::Remove(None) => types.clear(),
+        }
+        if types.len() > max {
+            entry.filter = (!before.is_empty()).then(|| before.into());
+            return Err(FilterRefused::Limit);
+        }
+        entry.filter = (!types.is_empty()).then(|| types.clone().into());
+        Ok(types)
+    }
+
+    /// Queues an event to every session of its audience on this instance, without waiting for
+    /// any of them, each session at most once. `make(room)` builds the message (once per room a
+    /// session matched through, and only if some session matched); `event_type` is what session
+    /// filters look at.
+    pub fn deliver(
+        &self,
+        to: &Audience,
+        event_type: &str,
+        mut make: impl FnMut(Option<&str>) -> ByteString,
+    ) -> Delivery {
+        let index = self.index.read();
+        let mut outcome = Delivery::default();
+        let workspace = to.workspace.as_deref();
+        // The message of each room variant, built on first use.
+        let mut built: Vec<(Option<Box<str>>, ByteString)> = Vec::new();
+        let mut offer = |id: SessionId, via_room: Option<&str>, outcome: &mut Delivery| {
+            let Some(entry) = index.sessions.get(&id) else {
+                return;
+            };
+            if !admits(to, entry, via_room.is_some()) || !entry.wants(event_type) {
+                return;
+            }
+            if entry.mailbox.kicked().is_some() {
+                return;
+            }
+            let room = via_room
+                .or(to.room.as_deref())
+                .or(to.rooms.first().map(String::as_str));
+            let msg = match built.iter().find(|(r, _)| r.as_deref() == room) {
+                Some((_, msg)) => msg.clone(),
+                None => {
+                    let msg = make(room);
+                    built.push((room.map(Box::from), msg.clone()));
+                    msg
+                }
+            };
+            match entry.mailbox.push(msg) {
                 Ok(()) => outcome.queued += 1,
                 Err(dropped) => {
                     outcome.overflowed += 1;
                     outcome.dropped += dropped;
+                }
+            }
+        };
+        if to.all {
+            match workspace {
+                Some(ws) => index
+                    .by_workspace
+                    .get(ws)
+                    .into_iter()
+                    .flatten()
+                    .for_each(|id| offer(*id, None, &mut outcome)),
+                None => index
+                    .sessions
+                    .keys()
+                    .for_each(|id| offer(*id, None, &mut outcome)),
+            }
+            return outcome;
+        }
+        // Targets united; a session reached through several of them gets the event once.
+        let users = to.all_users().count();
+        let rooms = to.all_rooms().count();
+        let ws_only = users == 0 && rooms == 0 && workspace.is_some();
+        let roles_only = users == 0 && rooms == 0 && workspace.is_none();
+        let sources = users + rooms + usize::from(ws_only) + if roles_only { to.roles.len() } else { 0 };
+        let mut seen: Option<HashSet<SessionId>> = (sources > 1).then(HashSet::new);
+        let mut once = |id: SessionId| seen.as_mut().is_none_or(|seen| seen.insert(id));
+        // Rooms first, so a session in a room gets the room's variant of the message.
+        for room in to.all_rooms() {
+            let key: RoomKey = (workspace.map(Arc::from), Arc::from(room));
+            for id in index.by_room.get(&key).into_iter().flatten() {
+                if once(*id) {
+                    offer(*id, Some(room), &mut outcome);
+                }
+            }
+        }
+        for user in to.all_users() {
+            for id in index.by_user.get(user).into_iter().flatten() {
+                if once(*id) {
+                    offer(*id, None, &mut outcome);
+                }
+            }
+        }
+        if ws_only {
+            for id in workspace
+                .and_then(|ws| index.by_workspace.get(ws))
+                .into_iter()
+                .flatten()
+            {
+                if once(*id) {
+                    offer(*id, None, &mut outcome);
+                }
+            }
+        }
+        if roles_only {
+            for role in &to.roles {
+                for id in index.by_role.get(role.as_str()).into_iter().flatten() {
+                    if once(*id) {
+                        offer(*id, None, &mut outcome);
+                    }
                 }
             }
         }
@@ -261,47 +555,111 @@ impl Registry {
 
     /// Every open session's mailbox, to close them in steps (drain).
     pub fn sessions(&self) -> Vec<Arc<Mailbox>> {
-        let users = self.users.read();
-        users.values().flatten().cloned().collect()
+        let index = self.index.read();
+        index.sessions.values().map(|e| e.mailbox.clone()).collect()
     }
 
     /// Open sessions.
     pub fn connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        self.index.read().sessions.len()
     }
 
     /// Users with at least one open session.
     pub fn users(&self) -> usize {
-        self.users.read().len()
+        self.index.read().by_user.len()
     }
+}
+
+/// Whether `entry` is in the audience `to`, once it was found through one of the audience's
+/// targets: the workspace confines, the roles narrow, `exclude_users` removes, and an anonymous
+/// session takes only plain `all` broadcasts and its (public) rooms.
+fn admits(to: &Audience, entry: &Entry, via_room: bool) -> bool {
+    let profile = &entry.profile;
+    if let Some(ws) = to.workspace.as_deref() {
+        if profile.workspace.as_deref() != Some(ws) {
+            return false;
+        }
+    }
+    if !to.roles.is_empty() && !profile.roles.iter().any(|r| to.roles.iter().any(|t| t == &**r)) {
+        return false;
+    }
+    if to.exclude_users.iter().any(|u| u.as_str() == &*profile.user) {
+        return false;
+    }
+    if profile.anonymous && !via_room && !(to.all && to.workspace.is_none()) {
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn registry(max_total: usize, max_per_user: usize, queue: usize) -> Arc<Registry> {
+        Arc::new(Registry::new(Limits {
+            max_total,
+            max_per_user,
+            max_anonymous: 2,
+            queue_capacity: queue,
+        }))
+    }
+
+    fn to_user(user: &str) -> Audience {
+        Audience {
+            user: Some(user.into()),
+            ..Default::default()
+        }
+    }
+
+    fn msg(_: Option<&str>) -> ByteString {
+        ByteString::from_static("m")
+    }
+
+    fn profile(user: &str, ws: Option<&str>, roles: &[&str]) -> Profile {
+        Profile {
+            user: user.into(),
+            workspace: ws.map(Arc::from),
+            roles: roles.iter().map(|r| Arc::from(*r)).collect(),
+            anonymous: false,
+        }
+    }
+
     #[test]
     fn limits_per_user_and_total() {
-        let r = Registry::new(3, 2, 4);
-        let a: Arc<str> = "a".into();
-        let b: Arc<str> = "b".into();
-        let a1 = r.register(&a).unwrap();
-        let _a2 = r.register(&a).unwrap();
-        assert_eq!(r.register(&a).unwrap_err(), LimitHit::PerUser);
-        let _b1 = r.register(&b).unwrap();
-        assert_eq!(r.register(&b).unwrap_err(), LimitHit::Total);
-        r.unregister("a", &a1);
+        let r = registry(3, 2, 4);
+        let a1 = r.admit(Profile::user("a")).unwrap();
+        let _a2 = r.admit(Profile::user("a")).unwrap();
+        assert_eq!(r.admit(Profile::user("a")).err(), Some(LimitHit::PerUser));
+        let _b1 = r.admit(Profile::user("b")).unwrap();
+        assert_eq!(r.admit(Profile::user("b")).err(), Some(LimitHit::Total));
+        drop(a1);
         assert_eq!(r.connections(), 2);
-        assert!(r.register(&b).is_ok());
+        assert!(r.admit(Profile::user("b")).is_ok());
+    }
+
+    #[test]
+    fn anonymous_sessions_have_their_own_limit() {
+        let r = registry(10, 10, 4);
+        let anon = |n: u32| Profile {
+            anonymous: true,
+            ..Profile::user(&format!("anonymous:{n}"))
+        };
+        let _a = r.admit(anon(1)).unwrap();
+        let _b = r.admit(anon(2)).unwrap();
+        assert_eq!(r.admit(anon(3)).err(), Some(LimitHit::Anonymous));
+        assert!(
+            r.admit(Profile::user("u")).is_ok(),
+            "named sessions are not counted there"
+        );
     }
 
     #[test]
     fn no_admission_after_the_drain_started() {
-        let r = Arc::new(Registry::new(10, 10, 4));
-        let u: Arc<str> = "u".into();
-        let before = r.admit(&u).unwrap();
+        let r = registry(10, 10, 4);
+        let before = r.admit(Profile::user("u")).unwrap();
         r.close_admission();
-        assert_eq!(r.admit(&u).err(), Some(LimitHit::Draining));
+        assert_eq!(r.admit(Profile::user("u")).err(), Some(LimitHit::Draining));
         assert_eq!(LimitHit::Draining.close_code(), close::GOING_AWAY);
         assert_eq!(
             r.sessions().len(),
@@ -314,25 +672,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_session_task_gives_its_slot_back() {
-        let r = Arc::new(Registry::new(10, 1, 4));
-        let u: Arc<str> = "u".into();
-        let slot = r.admit(&u).unwrap();
+        let r = registry(10, 1, 4);
+        let slot = r.admit(Profile::user("u")).unwrap();
+        r.join(slot.id(), "room", 10).unwrap();
         let task = tokio::spawn(async move {
             let _slot = slot;
             panic!("session bug");
         });
         assert!(task.await.unwrap_err().is_panic());
         assert_eq!(r.connections(), 0);
-        assert!(r.admit(&u).is_ok(), "the per-user limit is free again");
+        assert!(r.index.read().by_room.is_empty(), "no index keeps a dead session");
+        assert!(
+            r.admit(Profile::user("u")).is_ok(),
+            "the per-user limit is free again"
+        );
     }
 
     #[tokio::test]
     async fn a_message_queued_while_busy_is_never_lost() {
-        let r = Registry::new(10, 10, 8);
-        let u: Arc<str> = "u".into();
-        let mb = r.register(&u).unwrap();
+        let r = registry(10, 10, 8);
+        let slot = r.admit(Profile::user("u")).unwrap();
+        let mb = slot.mailbox().clone();
         // Queued while the session is not waiting: the permit is kept for its next wait.
-        r.deliver("u", || ByteString::from_static("m"));
+        r.deliver(&to_user("u"), "t", msg);
         tokio::time::timeout(std::time::Duration::from_secs(1), mb.changed())
             .await
             .expect("a stored wake-up");
@@ -356,32 +718,171 @@ mod tests {
 
     #[test]
     fn a_full_mailbox_kicks_only_its_session() {
-        let r = Registry::new(10, 10, 2);
-        let u: Arc<str> = "u".into();
-        let slow = r.register(&u).unwrap();
-        let fast = r.register(&u).unwrap();
-        let msg = || ByteString::from_static("m");
-        assert_eq!(r.deliver("u", msg), delivery(2, 0));
-        assert!(fast.pop().is_some());
-        assert_eq!(r.deliver("u", msg), delivery(2, 0));
-        assert!(fast.pop().is_some());
+        let r = registry(10, 10, 2);
+        let slow = r.admit(Profile::user("u")).unwrap();
+        let fast = r.admit(Profile::user("u")).unwrap();
+        let u = to_user("u");
+        assert_eq!(r.deliver(&u, "t", msg), delivery(2, 0));
+        assert!(fast.mailbox().pop().is_some());
+        assert_eq!(r.deliver(&u, "t", msg), delivery(2, 0));
+        assert!(fast.mailbox().pop().is_some());
         // slow holds 2 (its capacity): the third overflows it, fast still gets it.
-        assert_eq!(r.deliver("u", msg), delivery(1, 1));
-        assert_eq!(slow.kicked(), Some(close::SLOW_CONSUMER));
-        assert!(slow.pop().is_none(), "an overflowed queue is dropped, not kept");
-        assert_eq!(fast.kicked(), None);
-        assert_eq!(r.deliver("u", msg), delivery(1, 0));
+        assert_eq!(r.deliver(&u, "t", msg), delivery(1, 1));
+        assert_eq!(slow.mailbox().kicked(), Some(close::SLOW_CONSUMER));
+        assert!(
+            slow.mailbox().pop().is_none(),
+            "an overflowed queue is dropped, not kept"
+        );
+        assert_eq!(fast.mailbox().kicked(), None);
+        assert_eq!(r.deliver(&u, "t", msg), delivery(1, 0));
     }
 
     #[test]
-    fn unknown_user_costs_a_lookup() {
-        let r = Registry::new(10, 10, 2);
+    fn nobody_in_the_audience_costs_a_lookup() {
+        let r = registry(10, 10, 2);
+        let _other = r.admit(Profile::user("other")).unwrap();
         let built = std::cell::Cell::new(false);
-        let make = || {
+        let make = |_: Option<&str>| {
             built.set(true);
             ByteString::from_static("m")
         };
-        assert_eq!(r.deliver("nobody", make), Delivery::default());
-        assert!(!built.get(), "no message is built for a user with no session");
+        assert_eq!(r.deliver(&to_user("nobody"), "t", make), Delivery::default());
+        assert!(!built.get(), "no message is built when no session matches");
+    }
+
+    /// Every audience rule on one set of sessions.
+    #[test]
+    fn audiences() {
+        let r = registry(100, 10, 64);
+        let alice_w1 = r.admit(profile("alice", Some("w1"), &["admin"])).unwrap();
+        let bob_w1 = r.admit(profile("bob", Some("w1"), &[])).unwrap();
+        let carol_w2 = r.admit(profile("carol", Some("w2"), &["admin"])).unwrap();
+        let dave = r.admit(profile("dave", None, &[])).unwrap();
+        let anon = r
+            .admit(Profile {
+                anonymous: true,
+                ..Profile::user("anonymous:x")
+            })
+            .unwrap();
+        let all = [&alice_w1, &bob_w1, &carol_w2, &dave, &anon];
+        // Same room name in two workspaces, and a room with no workspace.
+        for s in [&alice_w1, &carol_w2, &dave, &anon] {
+            r.join(s.id(), "ops", 10).unwrap();
+        }
+        let got = |to: Audience| -> Vec<String> {
+            let rooms = std::cell::RefCell::new(Vec::new());
+            r.deliver(&to, "ev", |room| {
+                rooms.borrow_mut().push(room.map(String::from));
+                ByteString::from(format!("{room:?}"))
+            });
+            let mut names = Vec::new();
+            for s in all {
+                while let Some(m) = s.mailbox().pop() {
+                    names.push(format!(
+                        "{}{}",
+                        s.user(),
+                        if &*m == "None" { "" } else { "@room" }
+                    ));
+                }
+            }
+            names.sort();
+            names
+        };
+        let aud = |f: &dyn Fn(&mut Audience)| {
+            let mut a = Audience::default();
+            f(&mut a);
+            a
+        };
+        assert_eq!(
+            got(aud(&|a| a.all = true)),
+            ["alice", "anonymous:x", "bob", "carol", "dave"]
+        );
+        assert_eq!(
+            got(aud(&|a| {
+                a.all = true;
+                a.exclude_users = vec!["bob".into()];
+            })),
+            ["alice", "anonymous:x", "carol", "dave"]
+        );
+        assert_eq!(got(aud(&|a| a.workspace = Some("w1".into()))), ["alice", "bob"]);
+        assert_eq!(got(aud(&|a| a.roles = vec!["admin".into()])), ["alice", "carol"]);
+        assert_eq!(
+            got(aud(&|a| {
+                a.all = true;
+                a.roles = vec!["admin".into()];
+                a.workspace = Some("w2".into());
+            })),
+            ["carol"]
+        );
+        // Rooms live in a workspace: `ops` of w1 is not `ops` of w2, nor the workspace-less one.
+        assert_eq!(
+            got(aud(&|a| {
+                a.room = Some("ops".into());
+                a.workspace = Some("w1".into());
+            })),
+            ["alice@room"]
+        );
+        assert_eq!(
+            got(aud(&|a| a.room = Some("ops".into()))),
+            ["anonymous:x@room", "dave@room"]
+        );
+        // A user addressed in a workspace is reached only there.
+        assert_eq!(
+            got(aud(&|a| {
+                a.users = vec!["alice".into(), "carol".into()];
+                a.workspace = Some("w2".into());
+            })),
+            ["carol"]
+        );
+        // Matching twice (user and room) delivers once, with the room's variant.
+        assert_eq!(
+            got(aud(&|a| {
+                a.user = Some("dave".into());
+                a.rooms = vec!["ops".into()];
+            })),
+            ["anonymous:x@room", "dave@room"]
+        );
+        // An anonymous session is never reached as a user, a role or a workspace member.
+        assert_eq!(
+            got(aud(&|a| a.user = Some("anonymous:x".into()))),
+            Vec::<String>::new()
+        );
+        // Filters: only the types a session subscribed to.
+        r.change_filter(dave.id(), FilterChange::Add(vec!["other".into()]), 10)
+            .unwrap();
+        assert_eq!(got(aud(&|a| a.user = Some("dave".into()))), Vec::<String>::new());
+        r.change_filter(dave.id(), FilterChange::Remove(None), 10)
+            .unwrap();
+        assert_eq!(got(aud(&|a| a.user = Some("dave".into()))), ["dave"]);
+        // Leaving a room stops its events.
+        r.leave(dave.id(), "ops");
+        assert_eq!(got(aud(&|a| a.room = Some("ops".into()))), ["anonymous:x@room"]);
+    }
+
+    #[test]
+    fn filters_are_bounded_and_a_refused_change_changes_nothing() {
+        let r = registry(10, 10, 4);
+        let s = r.admit(Profile::user("u")).unwrap();
+        let add = |types: &[&str]| FilterChange::Add(types.iter().map(|t| t.to_string()).collect());
+        assert_eq!(r.change_filter(s.id(), add(&["a", "b"]), 2).unwrap().len(), 2);
+        assert_eq!(r.change_filter(s.id(), add(&["c"]), 2), Err(FilterRefused::Limit));
+        let kept = r.change_filter(s.id(), add(&[]), 2).unwrap();
+        assert_eq!(kept, vec![Box::from("a"), Box::from("b")]);
+        let rest = r
+            .change_filter(s.id(), FilterChange::Remove(Some(vec!["a".into()])), 2)
+            .unwrap();
+        assert_eq!(rest, vec![Box::from("b")]);
+    }
+
+    #[test]
+    fn rooms_per_session_are_bounded() {
+        let r = registry(10, 10, 4);
+        let s = r.admit(Profile::user("u")).unwrap();
+        r.join(s.id(), "a", 2).unwrap();
+        r.join(s.id(), "a", 2).unwrap();
+        r.join(s.id(), "b", 2).unwrap();
+        assert_eq!(r.join(s.id(), "c", 2), Err(JoinRefused::Limit));
+        r.leave(s.id(), "a");
+        assert!(r.join(s.id(), "c", 2).is_ok());
     }
 }

@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use subtle::ConstantTimeEq;
 
-use crate::hub::router::{Origin, Routed};
+use crate::hub::router::Routed;
+use crate::ingest::Origin;
 use crate::AppState;
 
 /// Largest delivery body read (a bulk delivery holds up to `DAPR_BULK_MAX_MESSAGES` events).

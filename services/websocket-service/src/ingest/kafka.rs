@@ -31,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaSettings;
 use crate::health::Readiness;
-use crate::hub::router::{Origin, Router};
+use crate::hub::router::Router;
+use crate::ingest::Origin;
 use crate::telemetry::{partition_labels, Stats};
 
 const SOURCE: &str = "kafka";

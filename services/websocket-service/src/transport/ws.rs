@@ -14,7 +14,11 @@ use tokio::time::Instant;
 
 use crate::auth::AuthError;
 use crate::hub::registry::{Mailbox, Slot};
-use crate::protocol::{close, now_rfc3339, ClientEnvelope, ServerMessage};
+use task_events::valid_room_name;
+
+use crate::auth::grants::RoomPattern;
+use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit, Profile};
+use crate::protocol::{close, now_rfc3339, ClientEnvelope, FilterData, RoomData, ServerMessage};
 use crate::AppState;
 
 /// How long a close frame may take to be queued before the connection is simply dropped.
@@ -35,9 +39,12 @@ pub async fn ws_route(
             .json(serde_json::json!({"error": "shutting down"})));
     }
     let token = token_from(&req);
+    let requested_workspace = query_param(&req, "workspace_id").filter(|w| !w.is_empty());
     let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let anonymous = token.is_none() && state.settings.anonymous.enabled;
     let identity = match token {
         Some(token) => state.auth.verify(&token).await,
+        None if anonymous => Ok(anonymous_identity()),
         None => Err(AuthError::Missing),
     };
     let identity = match identity {
@@ -49,13 +56,35 @@ pub async fn ws_route(
             return Ok(response);
         }
     };
-    let slot = match state.registry.admit(&identity.user_id) {
+    let workspace = if anonymous {
+        // An anonymous session belongs to no workspace (workspace events never reach it).
+        Ok(None)
+    } else {
+        identity.grants.workspace_for(requested_workspace.as_deref())
+    };
+    let workspace = match workspace {
+        Ok(workspace) => workspace,
+        Err(forbidden) => {
+            state.stats.connection_rejected("workspace_forbidden");
+            tracing::info!(user_id = %identity.user_id, %forbidden, "websocket session refused");
+            close_now(session, close::FORBIDDEN, &format!("forbidden: {forbidden}")).await;
+            return Ok(response);
+        }
+    };
+    let profile = Profile {
+        user: identity.user_id.clone(),
+        workspace: workspace.clone(),
+        roles: identity.grants.roles.clone(),
+        anonymous,
+    };
+    let slot = match state.registry.admit(profile) {
         Ok(slot) => slot,
         Err(limit) => {
             state.stats.connection_rejected(match limit {
-                crate::hub::registry::LimitHit::Total => "limit_total",
-                crate::hub::registry::LimitHit::PerUser => "limit_per_user",
-                crate::hub::registry::LimitHit::Draining => "draining",
+                LimitHit::Total => "limit_total",
+                LimitHit::PerUser => "limit_per_user",
+                LimitHit::Anonymous => "limit_anonymous",
+                LimitHit::Draining => "draining",
             });
             tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
             close_now(session, limit.close_code(), &limit.to_string()).await;
@@ -66,14 +95,26 @@ pub async fn ws_route(
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.settings.server.max_frame_bytes);
+    let grants = &identity.grants;
     let conn = Connection {
         state: state.into_inner(),
         valid_until: identity.valid_until,
+        room_grants: (!grants.rooms.is_empty()).then(|| grants.rooms.clone()),
+        workspace,
         slot: SlotGuard::new(slot),
         session,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
+}
+
+/// The identity of a session without a token: a user id no producer can address, and no grant.
+fn anonymous_identity() -> crate::auth::Identity {
+    crate::auth::Identity {
+        user_id: format!("anonymous:{}", uuid::Uuid::new_v4().simple()).into(),
+        valid_until: u64::MAX,
+        grants: Default::default(),
+    }
 }
 
 /// Counts an upgrade from acceptance until it is admitted or refused.
@@ -92,12 +133,17 @@ impl Drop for Upgrading {
     }
 }
 
+/// A query parameter, percent-decoded.
+fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    req.query_string().split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
 /// The token from `?token=` (what existing clients send) or `Authorization: Bearer`.
 fn token_from(req: &HttpRequest) -> Option<String> {
-    let from_query = req.query_string().split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == "token").then(|| percent_decode(value))
-    });
+    let from_query = query_param(req, "token");
     let from_header = || {
         let value = req
             .headers()
@@ -183,6 +229,11 @@ struct Connection {
     /// Until when the token is accepted (its `exp` plus the leeway), as a Unix time: the session
     /// closes with 4002 then.
     valid_until: u64,
+    /// The rooms the token grants (names or `prefix*`), when it grants any; public rooms come
+    /// from the configuration.
+    room_grants: Option<Box<[RoomPattern]>>,
+    /// The workspace the session is bound to.
+    workspace: Option<Arc<str>>,
     slot: SlotGuard,
     session: Session,
 }
@@ -199,10 +250,14 @@ impl Connection {
     async fn run(mut self, mut stream: AggregatedMessageStream) {
         self.slot.stats = Some(self.state.stats.clone());
         let connection_id = uuid::Uuid::new_v4().to_string();
+        let now = now_rfc3339();
         let hello = ServerMessage::Connected {
+            event: "connected",
             connection_id: &connection_id,
             user_id: self.slot.slot.user(),
-            server_time: now_rfc3339(),
+            workspace_id: self.workspace.as_deref(),
+            server_time: &now,
+            timestamp: &now,
         }
         .to_text();
         let end = match self.write(hello).await {
@@ -343,7 +398,7 @@ impl Connection {
     async fn on_message(&mut self, msg: AggregatedMessage) -> Option<End> {
         match msg {
             AggregatedMessage::Text(text) => {
-                let reply = reply_to(&text);
+                let reply = self.reply_to(&text);
                 self.write(reply).await.err()
             }
             AggregatedMessage::Binary(_) => Some(End::Close(
@@ -386,36 +441,140 @@ fn write_timed_out() -> End {
     End::Close(close::SLOW_CONSUMER, "slow consumer: write timed out".into())
 }
 
-/// The answer to a client text message.
-fn reply_to(text: &str) -> ByteString {
-    let error = |code, message: &str| ServerMessage::Error { code, message }.to_text();
-    let envelope: ClientEnvelope<'_> = match serde_json::from_str(text) {
-        Ok(envelope) => envelope,
-        Err(e) if e.is_syntax() || e.is_eof() => return error("invalid_json", "message is not valid JSON"),
-        Err(_) => {
-            return error(
-                "invalid_message",
-                "message must be a JSON object with a string `type`",
-            )
-        }
-    };
-    match envelope.kind.as_ref() {
-        "ping" => ServerMessage::Pong {
-            server_time: now_rfc3339(),
-        }
-        .to_text(),
-        "join_room" | "leave_room" | "subscribe" | "unsubscribe" => error(
-            "unsupported",
-            "rooms and event filters are not supported by this release",
-        ),
-        other => {
-            let message = format!(
-                "unknown message type `{}`",
-                other.chars().take(64).collect::<String>()
-            );
-            error("unknown_type", &message)
+impl Connection {
+    /// The answer to a client text message (each one gets exactly one).
+    fn reply_to(&mut self, text: &str) -> ByteString {
+        let envelope: ClientEnvelope<'_> = match serde_json::from_str(text) {
+            Ok(envelope) => envelope,
+            Err(e) if e.is_syntax() || e.is_eof() => {
+                return error("invalid_json", "message is not valid JSON")
+            }
+            Err(_) => {
+                return error(
+                    "invalid_message",
+                    "message must be a JSON object with a string `type` (and, for rooms, a string \
+                     `room`; for filters, a list of strings `event_types`)",
+                )
+            }
+        };
+        match envelope.kind.as_ref() {
+            "ping" => ServerMessage::Pong {
+                server_time: now_rfc3339(),
+            }
+            .to_text(),
+            "join_room" => match envelope.room.as_deref() {
+                Some(room) => self.join(room),
+                None => error("invalid_message", "join_room needs a string `room`"),
+            },
+            "leave_room" => match envelope.room.as_deref() {
+                Some(room) => {
+                    let registry = self.slot.slot.registry().clone();
+                    registry.leave(self.slot.slot.id(), room);
+                    ServerMessage::LeftRoom {
+                        data: RoomData { room },
+                    }
+                    .to_text()
+                }
+                None => error("invalid_message", "leave_room needs a string `room`"),
+            },
+            "subscribe" | "unsubscribe" => {
+                let subscribe = envelope.kind == "subscribe";
+                self.change_filter(subscribe, envelope.event_types)
+            }
+            other => {
+                let message = format!(
+                    "unknown message type `{}`",
+                    other.chars().take(64).collect::<String>()
+                );
+                error("unknown_type", &message)
+            }
         }
     }
+
+    /// `join_room`: allowed by the token's `rooms` claim or a public pattern, within the
+    /// per-session limit. A refused join joins nothing.
+    fn join(&mut self, room: &str) -> ByteString {
+        if !valid_room_name(room) {
+            return error(
+                "invalid_room",
+                "a room name is 1 to 128 letters, digits or _ - . : @ /",
+            );
+        }
+        let public = &self.state.public_rooms;
+        let granted = self.room_grants.as_deref().unwrap_or_default();
+        if !granted.iter().chain(public.iter()).any(|p| p.matches(room)) {
+            return error(
+                "forbidden",
+                "this room is not granted by the token and is not public",
+            );
+        }
+        let registry = self.slot.slot.registry().clone();
+        let max = self.state.settings.rooms.max_per_session;
+        match registry.join(self.slot.slot.id(), room, max) {
+            Ok(()) => ServerMessage::JoinedRoom {
+                data: RoomData { room },
+            }
+            .to_text(),
+            Err(JoinRefused::Limit) => error(
+                "limit",
+                "this session is in the most rooms allowed (MAX_ROOMS_PER_SESSION)",
+            ),
+            Err(JoinRefused::Gone) => error("gone", "the session is closing"),
+        }
+    }
+
+    /// `subscribe` adds event types to the filter, `unsubscribe` removes them (without a list it
+    /// clears the filter). An empty filter means every type. Answered with the resulting list.
+    fn change_filter(&mut self, subscribe: bool, types: Option<Vec<String>>) -> ByteString {
+        let types = match types {
+            Some(types)
+                if types
+                    .iter()
+                    .any(|t| t.is_empty() || t.len() > task_events::MAX_NAME_BYTES) =>
+            {
+                return error(
+                    "invalid_message",
+                    "an event type is empty or longer than 256 bytes",
+                )
+            }
+            Some(types) => Some(types),
+            None if subscribe => {
+                return error(
+                    "invalid_message",
+                    "subscribe needs a list of strings `event_types`",
+                )
+            }
+            None => None,
+        };
+        let change = if subscribe {
+            FilterChange::Add(types.unwrap_or_default())
+        } else {
+            FilterChange::Remove(types)
+        };
+        let max = self.state.settings.server.max_event_filters;
+        let registry = self.slot.slot.registry().clone();
+        match registry.change_filter(self.slot.slot.id(), change, max) {
+            Ok(event_types) => {
+                let data = FilterData {
+                    event_types: &event_types,
+                };
+                if subscribe {
+                    ServerMessage::Subscribed { data }.to_text()
+                } else {
+                    ServerMessage::Unsubscribed { data }.to_text()
+                }
+            }
+            Err(FilterRefused::Limit) => error(
+                "limit",
+                "more event types than allowed (MAX_EVENT_FILTERS); the filter is unchanged",
+            ),
+            Err(FilterRefused::Gone) => error("gone", "the session is closing"),
+        }
+    }
+}
+
+fn error(code: &str, message: &str) -> ByteString {
+    ServerMessage::Error { code, message }.to_text()
 }
 
 fn protocol_error(error: ProtocolError) -> End {
@@ -444,6 +603,7 @@ fn close_label(code: u16) -> &'static str {
         close::UNAUTHORIZED => "unauthorized",
         close::TOKEN_EXPIRED => "token_expired",
         close::SLOW_CONSUMER => "slow_consumer",
+        close::FORBIDDEN => "forbidden",
         _ => "protocol_error",
     }
 }
@@ -469,15 +629,6 @@ fn expiry_instant(exp: u64) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replies() {
-        assert!(reply_to(r#"{"type":"ping"}"#).starts_with(r#"{"type":"pong""#));
-        assert!(reply_to("{nope").contains(r#""code":"invalid_json""#));
-        assert!(reply_to(r#"{"kind":1}"#).contains(r#""code":"invalid_message""#));
-        assert!(reply_to(r#"{"type":"dance"}"#).contains("unknown message type `dance`"));
-        assert!(reply_to(r#"{"type":"join_room","room":"x"}"#).contains(r#""code":"unsupported""#));
-    }
 
     #[test]
     fn percent_decoding() {

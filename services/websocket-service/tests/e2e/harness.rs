@@ -163,6 +163,29 @@ impl TestGateway {
         }
     }
 
+    /// `POST /api/publish` on the internal listener with `key`; returns status and JSON body.
+    pub async fn publish(&self, key: &str, body: &Value) -> (u16, Value) {
+        if let Some(events) = body.as_array() {
+            events.iter().for_each(assert_event_schema);
+        } else if body.is_object() {
+            assert_event_schema(body);
+        }
+        self.publish_raw(key, body.to_string()).await
+    }
+
+    pub async fn publish_raw(&self, key: &str, body: String) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/api/publish", self.internal))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("publish");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(task) = self.task.take() {
@@ -187,6 +210,19 @@ pub fn token(user: &str) -> String {
         Algorithm::HS256,
         &EncodingKey::from_secret(SECRET.as_bytes()),
         json!({"sub": user, "exp": now_secs() + 3600}),
+    )
+}
+
+/// An HS256 token for `user` with extra claims (roles, rooms, workspace_id, ...).
+pub fn token_claims(user: &str, extra: Value) -> String {
+    let mut claims = json!({"sub": user, "exp": now_secs() + 3600});
+    if let (Some(claims), Some(extra)) = (claims.as_object_mut(), extra.as_object()) {
+        claims.extend(extra.clone());
+    }
+    token_with(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        claims,
     )
 }
 
@@ -254,18 +290,30 @@ pub fn task_event(user: &str, event: &str, task: Value) -> Vec<u8> {
 // ---- WebSocket client ----------------------------------------------------------------------
 
 static SERVER_SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+static EVENT_SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+
+fn validator(name: &str) -> jsonschema::Validator {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas")
+        .join(name);
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles")
+}
+
+/// Every event a test publishes is checked against the published record schema.
+pub fn assert_event_schema(event: &Value) {
+    let validator = EVENT_SCHEMA.get_or_init(|| validator("task-event.schema.json"));
+    if let Err(error) = validator.validate(event) {
+        panic!("event does not match task-event.schema.json: {error}\n{event}");
+    }
+}
 
 /// Every message a test reads from the gateway is checked against the published schema.
 pub fn assert_server_schema(msg: &Value) {
-    let validator = SERVER_SCHEMA.get_or_init(|| {
-        let path =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../schemas/ws-server-message.schema.json");
-        let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("server schema compiles")
-    });
+    let validator = SERVER_SCHEMA.get_or_init(|| validator("ws-server-message.schema.json"));
     if let Err(error) = validator.validate(msg) {
         panic!("message does not match ws-server-message.schema.json: {error}\n{msg}");
     }
@@ -316,6 +364,19 @@ impl Client {
 
     pub async fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// Sends a message and returns the next one (its answer, when nothing else is pending).
+    pub async fn ask(&mut self, message: Value) -> Value {
+        self.send(&message.to_string()).await;
+        self.recv().await
+    }
+
+    /// Joins `room` and expects `joined_room`.
+    pub async fn join(&mut self, room: &str) {
+        let reply = self.ask(json!({"type": "join_room", "room": room})).await;
+        assert_eq!(reply["type"], "joined_room", "join {room}: {reply}");
+        assert_eq!(reply["data"]["room"], room);
     }
 
     /// Round-trips a ping: everything queued before it has been read once this returns.

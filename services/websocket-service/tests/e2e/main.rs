@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway, a real Kafka-protocol broker (tansu) over TCP, real
 //! WebSocket clients. One test binary, so the workspace builds it once.
 
+mod audiences;
 mod auth;
 mod dapr;
 mod delivery;

@@ -5,6 +5,8 @@
 //! cannot pick its own (`alg: none`, or an HS256 token "signed" with an RSA public key, fail).
 //! `exp` and `sub` are required; `nbf` is checked when present; `iss` and `aud` when configured.
 
+pub mod grants;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -25,6 +27,8 @@ pub struct Identity {
     /// Until when the token is accepted, as a Unix time: its `exp` plus the verification leeway
     /// (the same leeway that admitted it). The session is closed with 4002 then.
     pub valid_until: u64,
+    /// What the token allows: roles, rooms, workspaces.
+    pub grants: grants::Grants,
 }
 
 /// Why a token was refused. The `reason()` is the close reason sent to the client and the label
@@ -53,6 +57,9 @@ pub enum AuthError {
     UnknownKey,
     #[error("signing keys unavailable")]
     KeysUnavailable,
+    /// A grant claim is out of bounds (too many entries, an empty or overlong name).
+    #[error("claim `{0}` out of bounds")]
+    Claim(&'static str),
 }
 
 impl AuthError {
@@ -70,6 +77,7 @@ impl AuthError {
             AuthError::MissingClaim => "missing_claim",
             AuthError::UnknownKey => "unknown_key",
             AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::Claim(_) => "claim",
         }
     }
 }
@@ -94,6 +102,8 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
 struct Claims {
     sub: String,
     exp: u64,
+    #[serde(flatten)]
+    grants: grants::GrantClaims,
 }
 
 /// Verifies tokens; cheap to share (`Arc`).
@@ -164,6 +174,7 @@ impl Authenticator {
         Ok(Identity {
             user_id: claims.sub.into(),
             valid_until: claims.exp.saturating_add(self.base.leeway),
+            grants: grants::Grants::from_claims(claims.grants)?,
         })
     }
 
