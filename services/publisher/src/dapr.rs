@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::header::CONTENT_TYPE;
 use reqwest::Url;
 
-use crate::{to_json, PublishError, TaskEvent};
+use crate::{to_json, Envelope, PublishError};
 
 pub struct DaprPublisher {
     client: reqwest::Client,
@@ -75,15 +75,16 @@ impl DaprPublisher {
         Ok(self)
     }
 
-    pub async fn publish(&self, event: &TaskEvent) -> Result<(), PublishError> {
+    pub async fn publish(&self, event: &impl Envelope) -> Result<(), PublishError> {
         let body = to_json(event)?;
+        let key = event.partition_key();
         let mut backoff = self.backoff;
         let mut last_error = String::new();
         for attempt in 1..=self.attempts {
             let mut request = self
                 .client
                 .post(self.url.clone())
-                .query(&[("metadata.partitionKey", event.user_id.as_str())])
+                .query(&[("metadata.partitionKey", key.as_str())])
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
             if let Some(token) = &self.api_token {

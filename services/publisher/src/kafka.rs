@@ -1,12 +1,13 @@
-//! The Kafka backend: one idempotent producer, record key = user id (so one user's events share a
-//! partition and keep their order), and `publish` returns only once the broker acknowledged.
+//! The Kafka backend: one idempotent producer, record key = the event's partition key (a task
+//! event's user, a generic event's room or user: their events share a partition and keep their
+//! order), and `publish` returns only once the broker acknowledged.
 
 use std::time::Duration;
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-use crate::{to_json, PublishError, TaskEvent};
+use crate::{to_json, Envelope, PublishError};
 
 pub struct KafkaPublisher {
     producer: FutureProducer,
@@ -52,10 +53,11 @@ impl KafkaPublisher {
         })
     }
 
-    pub async fn publish(&self, event: &TaskEvent) -> Result<(), PublishError> {
+    pub async fn publish(&self, event: &impl Envelope) -> Result<(), PublishError> {
         let payload = to_json(event)?;
+        let key = event.partition_key();
         let record = FutureRecord::to(&self.topic)
-            .key(event.user_id.as_bytes())
+            .key(key.as_bytes())
             .payload(&payload);
         self.producer
             .send(record, self.timeout)

@@ -1,9 +1,11 @@
-//! Publish task-update events, straight to Kafka or through a Dapr sidecar, in the envelope the
-//! gateway reads (the types are shared through `task-events`, so the two cannot drift apart).
+//! Publish events, straight to Kafka or through a Dapr sidecar, in the envelopes the gateway
+//! reads (the types are shared through `task-events`, so the two cannot drift apart).
 //!
 //! # Layout
-//! - [`new_event`]: builds a [`TaskEvent`] with a time-ordered unique id (UUID v7) and
-//!   `occurred_at`.
+//! - [`new_event`]: builds a [`TaskEvent`] (to one user's sessions), [`new_generic_event`] and
+//!   [`new_message_event`] a [`GenericEvent`] (to an [`Audience`]: users, rooms, a workspace,
+//!   roles, everyone), each with a time-ordered unique id (UUID v7) and `occurred_at`.
+//! - [`Envelope`]: what both kinds share for publishing: the JSON and the record key.
 //! - [`Publisher`]: one interface, two backends: [`KafkaPublisher`] (rdkafka; record key = user id,
 //!   idempotent, waits for the broker's ack) and [`DaprPublisher`] (the sidecar's publish API,
 //!   bounded retries on 5xx and connection errors).
@@ -25,6 +27,18 @@
 //! # }
 //! ```
 //!
+//! A helpdesk broadcast to every agent, through the same publisher:
+//!
+//! ```no_run
+//! # use publisher::{new_generic_event, Audience, Publisher};
+//! # async fn run(publisher: Publisher) -> Result<(), publisher::PublishError> {
+//! let to = Audience { all: true, roles: vec!["agent".into()], ..Audience::default() };
+//! let event = new_generic_event("ticket.created", serde_json::json!({"id": 42}), to)?;
+//! publisher.publish(&event).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Building an event needs no broker:
 //!
 //! ```
@@ -34,6 +48,12 @@
 //! assert_eq!(event.event_type, "task.completed");
 //! assert!(event.id.is_some() && event.occurred_at.is_some());
 //! assert!(new_event(EventType::Created, "42", serde_json::json!([1])).is_err(), "task must be an object");
+//!
+//! let to = publisher::Audience { room: Some("support:7".into()), ..Default::default() };
+//! let event = publisher::new_generic_event("ticket.updated", serde_json::json!({"id": 7}), to).unwrap();
+//! assert_eq!(publisher::Envelope::partition_key(&event), "room:/support:7");
+//! let nobody = publisher::new_generic_event("x", serde_json::json!({}), Default::default());
+//! assert!(nobody.is_err(), "an audience must name someone");
 //! ```
 
 #![forbid(unsafe_code)]
@@ -46,7 +66,7 @@ use std::time::SystemTime;
 
 pub use dapr::DaprPublisher;
 pub use kafka::KafkaPublisher;
-pub use task_events::{EventType, TaskEvent};
+pub use task_events::{Audience, EventType, GenericEvent, Payload, TaskEvent};
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
@@ -92,8 +112,86 @@ pub fn new_event(
         event_type: event_type.as_str().to_string(),
         user_id,
         task,
-        occurred_at: Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        occurred_at: Some(now()),
     })
+}
+
+/// An event ready to publish: its JSON and its record key.
+pub trait Envelope: serde::Serialize {
+    /// The Kafka record key (Dapr `partitionKey`): order holds among events with the same key.
+    fn partition_key(&self) -> String;
+    /// The event's id, when it has one.
+    fn event_id(&self) -> Option<&str>;
+}
+
+impl Envelope for TaskEvent {
+    fn partition_key(&self) -> String {
+        TaskEvent::partition_key(self)
+    }
+    fn event_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+}
+
+impl Envelope for GenericEvent {
+    fn partition_key(&self) -> String {
+        GenericEvent::partition_key(self)
+    }
+    fn event_id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A generic event carrying `data` to the audience `to`, with a fresh id and the current time.
+/// The gateway delivers it as `{"type": event_type, "event": event_type, "data": data, ...}`.
+pub fn new_generic_event(
+    event_type: &str,
+    data: serde_json::Value,
+    to: Audience,
+) -> Result<GenericEvent, PublishError> {
+    let data =
+        serde_json::value::to_raw_value(&data).map_err(|e| PublishError::InvalidEvent(e.to_string()))?;
+    generic(Some(event_type), Payload::Data(data), to)
+}
+
+/// A generic event whose `message` (an object with a string `type`) the gateway delivers as the
+/// frame itself, unchanged, to the audience `to`.
+pub fn new_message_event(message: serde_json::Value, to: Audience) -> Result<GenericEvent, PublishError> {
+    if !message.get("type").is_some_and(serde_json::Value::is_string) {
+        return Err(PublishError::InvalidEvent(
+            "message must be a JSON object with a string `type`".into(),
+        ));
+    }
+    let message =
+        serde_json::value::to_raw_value(&message).map_err(|e| PublishError::InvalidEvent(e.to_string()))?;
+    generic(None, Payload::Message(message), to)
+}
+
+/// Builds through the wire form, so the crate's validation (bounds, audience, message) applies.
+fn generic(event_type: Option<&str>, payload: Payload, to: Audience) -> Result<GenericEvent, PublishError> {
+    let mut draft = serde_json::json!({ "to": to });
+    match &payload {
+        Payload::Data(data) => draft["data"] = serde_json::from_str(data.get()).unwrap_or_default(),
+        Payload::Message(message) => {
+            draft["message"] = serde_json::from_str(message.get()).unwrap_or_default()
+        }
+    }
+    if let Some(event_type) = event_type {
+        draft["event_type"] = event_type.into();
+    }
+    match task_events::Event::from_json(draft.to_string().as_bytes()) {
+        Ok(task_events::Event::Generic(mut event)) => {
+            event.id = Some(uuid::Uuid::now_v7().to_string());
+            event.occurred_at = Some(now());
+            Ok(event)
+        }
+        Ok(task_events::Event::Task(_)) => Err(PublishError::InvalidEvent("not a generic event".into())),
+        Err(error) => Err(PublishError::InvalidEvent(error.to_string())),
+    }
 }
 
 /// The two backends behind one interface.
@@ -102,10 +200,41 @@ pub enum Publisher {
     Dapr(DaprPublisher),
 }
 
+/// Which backend [`Publisher::from_env`] builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// Straight to Kafka: `KAFKA_BROKERS`.
+    Kafka,
+    /// Through the sidecar on `localhost:$DAPR_HTTP_PORT` (default 3500), with
+    /// `DAPR_API_TOKEN` when set.
+    Dapr,
+}
+
 impl Publisher {
-    /// Publishes one event and returns once it is durably accepted (the broker's ack, or the
-    /// sidecar's 204).
-    pub async fn publish(&self, event: &TaskEvent) -> Result<(), PublishError> {
+    /// A publisher configured from the environment, as the command-line tools use it: each
+    /// publish is bounded by `timeout`; through Dapr, 4 attempts from 200 ms apart.
+    pub fn from_env(
+        via: Via,
+        topic: &str,
+        pubsub: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Self, PublishError> {
+        Ok(match via {
+            Via::Kafka => {
+                let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_default();
+                Publisher::Kafka(KafkaPublisher::new(&brokers, topic, timeout)?)
+            }
+            Via::Dapr => Publisher::Dapr(
+                DaprPublisher::from_env(pubsub, topic)?
+                    .with_request_timeout(timeout / 2)?
+                    .with_retries(4, std::time::Duration::from_millis(200)),
+            ),
+        })
+    }
+
+    /// Publishes one event (a [`TaskEvent`] or a [`GenericEvent`]) and returns once it is
+    /// durably accepted (the broker's ack, or the sidecar's 204).
+    pub async fn publish(&self, event: &impl Envelope) -> Result<(), PublishError> {
         match self {
             Publisher::Kafka(p) => p.publish(event).await,
             Publisher::Dapr(p) => p.publish(event).await,
@@ -113,6 +242,6 @@ impl Publisher {
     }
 }
 
-fn to_json(event: &TaskEvent) -> Result<Vec<u8>, PublishError> {
+fn to_json(event: &impl Envelope) -> Result<Vec<u8>, PublishError> {
     serde_json::to_vec(event).map_err(|e| PublishError::InvalidEvent(e.to_string()))
 }

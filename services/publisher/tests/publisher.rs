@@ -395,3 +395,143 @@ async fn cli_prints_the_id_or_one_line_of_reason() {
         "{stderr}"
     );
 }
+
+/// A generic event through the sidecar: the body is the generic envelope, the partition key is
+/// the room's.
+#[tokio::test]
+async fn dapr_publishes_generic_events_keyed_by_room() {
+    let (base, seen) = sidecar(vec![(204, "")]).await;
+    let p = DaprPublisher::new(&base, "taskpubsub", "task-updates", None).unwrap();
+    let to = publisher::Audience {
+        room: Some("support:7".into()),
+        workspace: Some("acme".into()),
+        ..Default::default()
+    };
+    let e = publisher::new_generic_event("ticket.updated", json!({"id": 7}), to).unwrap();
+    p.publish(&e).await.unwrap();
+    let seen = seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        seen.request_line,
+        "POST /v1.0/publish/taskpubsub/task-updates?metadata.partitionKey=room%3Aacme%2Fsupport%3A7 HTTP/1.1"
+    );
+    assert_eq!(seen.body["event_type"], "ticket.updated");
+    assert_eq!(seen.body["data"], json!({"id": 7}));
+    assert_eq!(seen.body["to"], json!({"room": "support:7", "workspace": "acme"}));
+    assert_eq!(seen.body["id"].as_str(), e.id.as_deref());
+}
+
+fn event_cli(args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_event-publish"))
+        .args(args)
+        .env_remove("KAFKA_BROKERS")
+        .env_remove("DAPR_API_TOKEN")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap()
+}
+
+/// `event-publish` writes the generic envelope to Kafka, keyed by its audience; bad input is one
+/// line of reason and exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_publish_cli_writes_generic_events() {
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let env = [("KAFKA_BROKERS", brokers.clone())];
+    let out = event_cli(
+        &[
+            "--via",
+            "kafka",
+            "--type",
+            "ticket.created",
+            "--data",
+            r#"{"id":42}"#,
+            "--to",
+            r#"{"all":true,"roles":["agent"]}"#,
+            "--topic",
+            &topic,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = event_cli(
+        &[
+            "--via",
+            "kafka",
+            "--message",
+            r#"{"type":"queue_update","queue_id":3}"#,
+            "--to",
+            r#"{"user":"u1"}"#,
+            "--topic",
+            &topic,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("check-{}", uuid::Uuid::new_v4().simple()))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut records = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while records.len() < 2 && std::time::Instant::now() < deadline {
+        if let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) {
+            let key = String::from_utf8(msg.key().unwrap().to_vec()).unwrap();
+            let value: Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+            records.push((key, value));
+        }
+    }
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].0, "broadcast");
+    assert_eq!(records[0].1["id"], id.as_str());
+    assert_eq!(records[0].1["to"], json!({"all": true, "roles": ["agent"]}));
+    assert_eq!(records[1].0, "u1");
+    assert_eq!(
+        records[1].1["message"],
+        json!({"type": "queue_update", "queue_id": 3})
+    );
+    assert_eq!(records[1].1["event_type"], "queue_update");
+
+    for bad in [
+        vec![
+            "--via",
+            "kafka",
+            "--type",
+            "x",
+            "--data",
+            "{}",
+            "--to",
+            r#"{"rom":"a"}"#,
+        ],
+        vec![
+            "--via",
+            "kafka",
+            "--type",
+            "x",
+            "--data",
+            "{",
+            "--to",
+            r#"{"all":true}"#,
+        ],
+        vec![
+            "--via",
+            "kafka",
+            "--message",
+            r#"{"kind":1}"#,
+            "--to",
+            r#"{"all":true}"#,
+        ],
+        vec!["--via", "kafka", "--type", "x", "--data", "{}", "--to", "{}"],
+    ] {
+        let out = event_cli(&bad, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("event-publish: "), "{stderr}");
+    }
+}

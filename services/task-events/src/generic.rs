@@ -177,6 +177,22 @@ struct MessageType<'a> {
 }
 
 impl GenericEvent {
+    /// The record key (Dapr `partitionKey`): one room's events share a key (`room:<ws>/<room>`),
+    /// then one user's (the user id); a broader audience shares its workspace's key
+    /// (`workspace:<ws>`) or the broadcast key. Order holds among events with the same key.
+    pub fn partition_key(&self) -> String {
+        let to = &self.to;
+        let ws = to.workspace.as_deref().unwrap_or("");
+        let mut rooms = to.all_rooms();
+        let mut users = to.all_users();
+        match (rooms.next(), rooms.next(), users.next(), users.next()) {
+            (Some(room), None, _, _) => format!("room:{ws}/{room}"),
+            (None, _, Some(user), None) => user.to_string(),
+            _ if !ws.is_empty() => format!("workspace:{ws}"),
+            _ => "broadcast".to_string(),
+        }
+    }
+
     /// Validates the fields of a decoded envelope.
     pub(crate) fn from_parts(
         id: Option<String>,

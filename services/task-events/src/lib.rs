@@ -233,6 +233,21 @@ impl Event {
             Event::Generic(e) => e.occurred_at.as_deref(),
         }
     }
+
+    /// The Kafka record key (Dapr `partitionKey`) that keeps order where it matters.
+    pub fn partition_key(&self) -> String {
+        match self {
+            Event::Task(e) => e.partition_key(),
+            Event::Generic(e) => e.partition_key(),
+        }
+    }
+}
+
+impl TaskEvent {
+    /// The record key: the user id, so one user's events share a partition and keep their order.
+    pub fn partition_key(&self) -> String {
+        self.user_id.clone()
+    }
 }
 
 /// Every field any shape may carry, read in one pass. Unknown fields are ignored: producers

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use publisher::{new_event, DaprPublisher, EventType, KafkaPublisher, Publisher};
+use publisher::{new_event, EventType, Publisher};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Via {
@@ -14,6 +14,15 @@ enum Via {
     Kafka,
     /// Through the sidecar on localhost:$DAPR_HTTP_PORT (default 3500), DAPR_API_TOKEN if set.
     Dapr,
+}
+
+impl From<Via> for publisher::Via {
+    fn from(via: Via) -> Self {
+        match via {
+            Via::Kafka => publisher::Via::Kafka,
+            Via::Dapr => publisher::Via::Dapr,
+        }
+    }
 }
 
 /// Publish one task-update event and print its id.
@@ -64,18 +73,8 @@ async fn run(args: Args) -> Result<String, String> {
     let event_type: EventType = args.event.parse().unwrap_or_else(|never| match never {});
     let event = new_event(event_type, args.user, task).map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
-    let publisher = match args.via {
-        Via::Kafka => {
-            let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_default();
-            Publisher::Kafka(KafkaPublisher::new(&brokers, &args.topic, timeout).map_err(|e| e.to_string())?)
-        }
-        Via::Dapr => Publisher::Dapr(
-            DaprPublisher::from_env(&args.pubsub, &args.topic)
-                .and_then(|p| p.with_request_timeout(timeout / 2))
-                .map_err(|e| e.to_string())?
-                .with_retries(4, Duration::from_millis(200)),
-        ),
-    };
+    let publisher = Publisher::from_env(args.via.into(), &args.topic, &args.pubsub, timeout)
+        .map_err(|e| e.to_string())?;
     match tokio::time::timeout(timeout, publisher.publish(&event)).await {
         Ok(Ok(())) => Ok(event.id.unwrap_or_default()),
         Ok(Err(error)) => Err(error.to_string()),

@@ -22,7 +22,7 @@ use futures_util::StreamExt as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, value::RawValue, Value};
 use subtle::ConstantTimeEq;
-use task_events::{Event, GenericEvent};
+use task_events::Event;
 
 use crate::config::Settings;
 use crate::ingest::Origin;
@@ -288,29 +288,16 @@ fn complete(mut event: Event) -> Ready {
             task.occurred_at.get_or_insert_with(now);
             // Serialising a decoded event cannot fail.
             let json = serde_json::to_string(task).expect("task event serialises");
-            (id, task.user_id.clone(), json)
+            (id, task.partition_key(), json)
         }
         Event::Generic(generic) => {
             let id = generic.id.get_or_insert_with(new_id).clone();
             generic.occurred_at.get_or_insert_with(now);
             let json = serde_json::to_string(&*generic).expect("generic event serialises");
-            (id, record_key(generic), json)
+            (id, generic.partition_key(), json)
         }
     };
     Ready { id, key, json, event }
-}
-
-fn record_key(event: &GenericEvent) -> String {
-    let to = &event.to;
-    let ws = to.workspace.as_deref().unwrap_or("");
-    let rooms: Vec<&str> = to.all_rooms().collect();
-    let users: Vec<&str> = to.all_users().collect();
-    match (rooms.as_slice(), users.as_slice()) {
-        ([room], _) => format!("room:{ws}/{room}"),
-        ([], [user]) => user.to_string(),
-        _ if !ws.is_empty() => format!("workspace:{ws}"),
-        _ => "broadcast".to_string(),
-    }
 }
 
 /// An RFC 9457 problem answer; `extra` (an object) adds fields.
@@ -333,10 +320,7 @@ mod tests {
 
     #[test]
     fn record_keys_keep_a_room_or_a_user_in_order() {
-        let key = |json: &str| match Event::from_json(json.as_bytes()).unwrap() {
-            Event::Generic(g) => record_key(&g),
-            Event::Task(_) => unreachable!(),
-        };
+        let key = |json: &str| Event::from_json(json.as_bytes()).unwrap().partition_key();
         assert_eq!(
             key(r#"{"event_type":"x","data":1,"to":{"room":"r","workspace":"w"}}"#),
             "room:w/r"

@@ -451,3 +451,42 @@ async fn delivery_bodies_are_bounded() {
     client.assert_nothing_pending().await;
     gw.stop().await;
 }
+
+/// A generic event delivered by the sidecar reaches its audience like one read from Kafka; one
+/// with an unknown audience key is dropped (never an error status the sidecar would retry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_events_through_dapr() {
+    let mut env = env_for(None, None);
+    set(&mut env, "DAPR_ENABLED", "true");
+    set(&mut env, "APP_API_TOKEN", TOKEN);
+    set(&mut env, "ROOMS_PUBLIC", "status");
+    let gw = TestGateway::start(env).await;
+    let mut member = connect(&gw.url(&token("m1"))).await;
+    member.join("status").await;
+    let mut other = connect(&gw.url(&token("m2"))).await;
+    let event = cloudevent(
+        "ce-generic-1",
+        json!({"event_type": "system.status", "data": {"ok": true}, "to": {"room": "status"}}),
+    );
+    assert_eq!(
+        post(&gw, "/task-updates", &event, &sidecar_headers(11)).await,
+        (200, json!({"status": "SUCCESS"}))
+    );
+    let got = member.recv().await;
+    assert_eq!(
+        (got["type"].as_str(), got["room"].as_str(), got["data"]["ok"].as_bool()),
+        (Some("system.status"), Some("status"), Some(true))
+    );
+    assert_eq!(got["id"], "ce-generic-1");
+    let bad = cloudevent(
+        "ce-generic-2",
+        json!({"event_type": "system.status", "data": {}, "to": {"rooms": "status", "everyone": true}}),
+    );
+    assert_eq!(
+        post(&gw, "/task-updates", &bad, &sidecar_headers(12)).await,
+        (200, json!({"status": "DROP"}))
+    );
+    member.assert_nothing_pending().await;
+    other.assert_nothing_pending().await;
+    gw.stop().await;
+}
