@@ -1,31 +1,48 @@
 //! Gateway benchmark (not a test): `make bench`.
 //!
-//! Starts the release `websocket-service` binary as its own process against the broker named by
-//! `KAFKA_TEST_BROKERS`, opens N authenticated WebSocket connections over M users, then publishes
-//! events at a fixed rate to the topic and measures, on the clients:
-//! connects per second, server RSS per idle connection, deliveries per second and
-//! publish-to-deliver latency (p50/p99/max). The load generator runs on the same machine.
+//! Each workload starts the release `websocket-service` binary as its own process against the
+//! broker named by `KAFKA_TEST_BROKERS`, on a topic of its own, and measures on real clients:
 //!
-//! Knobs (environment): BENCH_CONNECTIONS (10000), BENCH_USERS (100), BENCH_RATE (events/s, 200),
-//! BENCH_SECONDS (10; 0 = connections and memory only), BENCH_FETCH_WAIT_MS (5),
-//! BENCH_CONNECT_CONCURRENCY (128), BENCH_SERVER_BIN (another server to measure, e.g. the
-//! `bare_ws` example that gives the floor of the HTTP stack).
+//! - `user`: N connections over M users, task events at a fixed rate, each to one user (every
+//!   tab of that user receives it). Also connects/s and server RSS per idle connection.
+//! - `rooms`: N sessions, each in one of R rooms (joined over the socket), room events at a
+//!   fixed rate, each to one room.
+//! - `broadcast`: N sessions, `all` events at a fixed rate: every session receives every one.
+//! - `skip`: how many events per second one replica reads and skips when none of their audience
+//!   is connected to it (every replica reads the whole topic: that is the ceiling of this design
+//!   as the cluster grows). E events are written to the topic first; the gateway then reads them
+//!   from the log (`KAFKA_START_FROM=earliest`) with no client connected.
+//!
+//! Events carry their publish time; latency is publish-to-deliver on the client. The load
+//! generator, the broker and the server share the machine.
+//!
+//! Knobs (environment): BENCH_WORKLOADS (user,rooms,broadcast,skip), BENCH_CONNECTIONS (10000),
+//! BENCH_USERS (100), BENCH_ROOMS (100), BENCH_RATE (user and rooms events/s, 200),
+//! BENCH_BROADCAST_RATE (10), BENCH_SECONDS (10; 0 = connections and memory only),
+//! BENCH_SKIP_EVENTS (1000000), BENCH_SKIP_PARTITIONS (4), BENCH_SERVER_WORKERS (the broadcast
+//! server's WORKERS), BENCH_FETCH_WAIT_MS (5), BENCH_CONNECT_CONCURRENCY (128),
+//! BENCH_SERVER_BIN (another server to measure, e.g. the `bare_ws` example that gives the floor
+//! of the HTTP stack).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "bench-secret-0123456789abcdef";
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -48,51 +65,59 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Server(Child);
+/// CPU seconds (user + system) a process has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The broker's pid, to report its CPU beside the gateway's.
+fn broker_pid() -> Option<u32> {
+    let out = Command::new("pgrep").args(["-f", "tansu broker"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Config {
+    brokers: String,
+    connections: usize,
+    fetch_wait: u64,
+    concurrency: usize,
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    internal_port: u16,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    let brokers = std::env::var("KAFKA_TEST_BROKERS").expect("KAFKA_TEST_BROKERS: run with `make bench`");
-    let connections = knob("BENCH_CONNECTIONS", 10_000) as usize;
-    let users = knob("BENCH_USERS", 100) as usize;
-    let rate = knob("BENCH_RATE", 200);
-    let seconds = knob("BENCH_SECONDS", 10);
-    let fetch_wait = knob("BENCH_FETCH_WAIT_MS", 5);
-    let concurrency = knob("BENCH_CONNECT_CONCURRENCY", 128) as usize;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-
-    // Topic and server.
-    let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    let free_port = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let port = free_port();
-    let internal_port = free_port();
-    let per_user = connections.div_ceil(users) + 1;
-    let server = Server(
-        Command::new(
+impl Server {
+    /// Starts the server on `topic` and waits until it is ready.
+    async fn start(cfg: &Config, topic: &str, per_user: usize, extra: &[(&str, &str)]) -> Server {
+        let (port, internal_port) = (free_port(), free_port());
+        let child = Command::new(
             std::env::var("BENCH_SERVER_BIN").unwrap_or(env!("CARGO_BIN_EXE_websocket-service").into()),
         )
         .env_clear()
@@ -101,148 +126,225 @@ async fn main() {
         .env("PORT", port.to_string())
         .env("INTERNAL_PORT", internal_port.to_string())
         .env("JWT_SECRET", SECRET)
-        .env("KAFKA_BROKERS", &brokers)
-        .env("KAFKA_TOPICS", &topic)
-        .env("MAX_CONNECTIONS", (connections + 1000).to_string())
+        .env("KAFKA_BROKERS", &cfg.brokers)
+        .env("KAFKA_TOPICS", topic)
+        .env("MAX_CONNECTIONS", (cfg.connections + 1000).to_string())
         .env("MAX_CONNECTIONS_PER_USER", per_user.to_string())
-        .env("RDKAFKA_FETCH_WAIT_MAX_MS", fetch_wait.to_string())
+        .env("RDKAFKA_FETCH_WAIT_MAX_MS", cfg.fetch_wait.to_string())
         .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
         .stdout(Stdio::null())
         .spawn()
-        .expect("start websocket-service"),
-    );
-    let pid = server.0.id();
-    let http = reqwest::Client::new();
-    let ready_url = format!("http://127.0.0.1:{port}/ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(&ready_url).send().await {
-            if r.status().is_success() {
-                break;
+        .expect("start websocket-service");
+        let server = Server {
+            child,
+            port,
+            internal_port,
+        };
+        let http = reqwest::Client::new();
+        let ready_url = format!("http://127.0.0.1:{port}/ready");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(&ready_url).send().await {
+                if r.status().is_success() {
+                    break;
+                }
             }
+            assert!(Instant::now() < deadline, "server not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "server not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        server
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle_server = rss_kib(pid);
 
-    // Connect.
-    let tokens: Vec<String> = (0..users)
-        .map(|u| {
-            let claims = json!({"sub": format!("user-{u}"), "exp": now_us() / 1_000_000 + 3600});
-            jsonwebtoken::encode(
-                &Header::default(),
-                &claims,
-                &EncodingKey::from_secret(SECRET.as_bytes()),
-            )
-            .unwrap()
-        })
+    fn rss(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    /// The sum of a counter family in `/metrics`.
+    async fn counter(&self, name: &str) -> u64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.internal_port))
+            .await
+            .and_then(|r| r.error_for_status())
+            .map(|r| r.text());
+        let Ok(text) = text else { return 0 };
+        let text = text.await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+fn token(user: &str) -> String {
+    let claims = json!({"sub": user, "exp": now_us() / 1_000_000 + 3600});
+    jsonwebtoken::encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn create_topic(brokers: &str, partitions: i32) -> String {
+    let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    topic
+}
+
+/// Opens `n` sessions; session `i` uses `user(i)`'s token and, when `room(i)` names one, joins
+/// it. Returns the sockets and the time it took.
+async fn connect_all(
+    cfg: &Config,
+    port: u16,
+    n: usize,
+    user: impl Fn(usize) -> String,
+    room: impl Fn(usize) -> Option<String>,
+) -> (Vec<Ws>, f64) {
+    let tokens: std::collections::HashMap<String, String> = (0..n)
+        .map(&user)
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .map(|u| (u.clone(), token(&u)))
         .collect();
     let started = Instant::now();
-    let sockets: Vec<_> = futures_util::stream::iter(0..connections)
+    let sockets = futures_util::stream::iter(0..n)
         .map(|i| {
-            let url = format!("ws://127.0.0.1:{port}/ws?token={}", tokens[i % users]);
+            let url = format!("ws://127.0.0.1:{port}/ws?token={}", tokens[&user(i)]);
+            let room = room(i);
             async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
+                // A small read buffer: tungstenite zero-fills its whole read buffer on every read
+                // (128 KiB by default), which cost the load generator half its CPU.
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096);
+                let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
+                    .await
+                    .expect("connect");
                 match ws.next().await {
-                    Some(Ok(Message::Text(t))) if t.contains("\"connected\"") => ws,
+                    Some(Ok(Message::Text(t))) if t.contains("\"connected\"") => {}
                     other => panic!("expected connected, got {other:?}"),
                 }
-            }
-        })
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    let connect_secs = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_connected = rss_kib(pid);
-
-    if seconds == 0 {
-        print_connect_figures(
-            cores,
-            connections,
-            users,
-            concurrency,
-            connect_secs,
-            rss_idle_server,
-            rss_connected,
-        );
-        return;
-    }
-
-    // Readers: count deliveries and record latency from the publish time carried in the task.
-    let delivered = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::<(u64, u32)>::with_capacity(
-        (rate * seconds) as usize * connections / users,
-    )));
-    let last_delivery = Arc::new(AtomicU64::new(0));
-    for mut ws in sockets {
-        let delivered = delivered.clone();
-        let latencies = latencies.clone();
-        let last_delivery = last_delivery.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = ws.next().await {
-                if let Message::Text(text) = msg {
-                    let now = now_us();
-                    let Some(at) = text.find("\"sent_us\":") else {
-                        continue;
-                    };
-                    let digits: String = text[at + 10..]
-                        .chars()
-                        .take_while(|c| c.is_ascii_digit())
-                        .collect();
-                    if let Ok(sent) = digits.parse::<u64>() {
-                        latencies
-                            .lock()
-                            .unwrap()
-                            .push((sent, now.saturating_sub(sent) as u32));
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                        last_delivery.fetch_max(now, Ordering::Relaxed);
+                if let Some(room) = room {
+                    let join = json!({"type": "join_room", "room": room}).to_string();
+                    ws.send(Message::text(join)).await.expect("join");
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.contains("\"joined_room\"") => {}
+                        other => panic!("expected joined_room, got {other:?}"),
                     }
                 }
+                ws
+            }
+        })
+        .buffer_unordered(cfg.concurrency)
+        .collect()
+        .await;
+    (sockets, started.elapsed().as_secs_f64())
+}
+
+/// What the readers saw.
+#[derive(Default)]
+struct Seen {
+    delivered: AtomicU64,
+    last_us: AtomicU64,
+    /// Each reader's (publish time, latency) per delivery.
+    buffers: Mutex<Vec<Samples>>,
+}
+
+/// One reader's (publish time, latency) per delivery.
+type Samples = Arc<Mutex<Vec<(u64, u32)>>>;
+
+/// What a workload published, and what it expects.
+struct Run {
+    name: &'static str,
+    first: u64,
+    published: u64,
+    rate: u64,
+    seconds: u64,
+    expected: u64,
+    target_p99_ms: f64,
+}
+
+/// Reads every socket, recording the latency of each message carrying `"sent_us":`. Each reader
+/// has a sample buffer of its own (its lock is never contended), gathered when the figures are.
+fn spawn_readers(sockets: Vec<Ws>, seen: Arc<Seen>) {
+    for mut ws in sockets {
+        let seen = seen.clone();
+        let buffer = Arc::new(Mutex::new(Vec::<(u64, u32)>::new()));
+        seen.buffers.lock().unwrap().push(buffer.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Message::Text(text) = msg else { continue };
+                let now = now_us();
+                let Some(at) = text.find("\"sent_us\":") else {
+                    continue;
+                };
+                let sent = text[at + 10..]
+                    .bytes()
+                    .take_while(u8::is_ascii_digit)
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                buffer
+                    .lock()
+                    .unwrap()
+                    .push((sent, now.saturating_sub(sent) as u32));
+                seen.last_us.fetch_max(now, Ordering::Relaxed);
+                seen.delivered.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
+}
 
-    // Publish at a fixed rate, each event keyed by its user.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
         .create()
-        .unwrap();
-    // Warm-up, untimed: the producer's first send to each partition waits for its connection
-    // and metadata, and the gateway's first fetches set up their sessions. One event per user
-    // key (so every partition the run uses), addressed to nobody.
-    let warm = json!({"event_type": "task.updated", "user_id": "nobody", "task": {}}).to_string();
-    for u in 0..users {
+        .unwrap()
+}
+
+/// Sends `payload(seq)` keyed `key(seq)` at `rate` per second for `seconds`, after a warm-up that
+/// touches every key (addressed to nobody). Returns the first publish time and the failures.
+async fn publish_at_rate(
+    brokers: &str,
+    topic: &str,
+    rate: u64,
+    seconds: u64,
+    warm_keys: Vec<String>,
+    key: impl Fn(u64) -> String,
+    payload: impl Fn(u64, u64) -> String,
+) -> (u64, u64) {
+    let producer = producer(brokers);
+    let warm = json!({"event_type": "warm", "data": {}, "to": {"user": "nobody"}}).to_string();
+    for k in warm_keys {
         producer
             .send(
-                FutureRecord::to(&topic).key(&format!("user-{u}")).payload(&warm),
+                FutureRecord::to(topic).key(&k).payload(&warm),
                 Duration::from_secs(10),
             )
             .await
             .expect("warm-up publish");
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let total_events = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
-    let first_publish = now_us();
-    let mut acks = Vec::with_capacity(total_events as usize);
-    for seq in 0..total_events {
+    let first = now_us();
+    let mut acks = Vec::new();
+    for seq in 0..rate * seconds {
         tick.tick().await;
-        let user = format!("user-{}", seq as usize % users);
-        let payload = json!({
-            "event_type": "task.updated", "user_id": user,
-            "task": {"id": seq, "title": "benchmark task", "sent_us": now_us()}
-        })
-        .to_string();
+        let (k, p) = (key(seq), payload(seq, now_us()));
         let producer = producer.clone();
-        let topic = topic.clone();
+        let topic = topic.to_string();
         acks.push(tokio::spawn(async move {
             producer
                 .send(
-                    FutureRecord::to(&topic).key(&user).payload(&payload),
+                    FutureRecord::to(&topic).key(&k).payload(&p),
                     Duration::from_secs(10),
                 )
                 .await
@@ -255,23 +357,77 @@ async fn main() {
             failed += 1;
         }
     }
-    let per_event = (connections / users) as u64;
-    let expected = (total_events - failed) * per_event;
+    (first, failed)
+}
+
+/// One workload's figures.
+struct Figures {
+    name: &'static str,
+    published: u64,
+    rate: u64,
+    expected: u64,
+    got: u64,
+    span_secs: f64,
+    p50: Option<u32>,
+    p99: Option<u32>,
+    max: Option<u32>,
+    worst_per_second: Vec<u32>,
+    target_p99_ms: f64,
+    /// CPU seconds used while publishing and delivering: (gateway, load generator, broker).
+    cpu: (f64, f64, f64),
+}
+
+/// CPU seconds so far of (gateway, this load generator, the broker).
+fn cpu_now(server: &Server) -> (f64, f64, f64) {
+    (
+        cpu_secs(server.child.id()),
+        cpu_secs(std::process::id()),
+        broker_pid().map_or(0.0, cpu_secs),
+    )
+}
+
+impl Figures {
+    fn ok(&self) -> bool {
+        self.got == self.expected
+            && self
+                .p99
+                .is_some_and(|p| f64::from(p) / 1000.0 <= self.target_p99_ms)
+    }
+}
+
+/// Waits until `expected` deliveries arrived (or 15 s passed) and computes the figures.
+async fn collect(run: Run, server: &Server, cpu_start: (f64, f64, f64), seen: &Seen) -> Figures {
+    let Run {
+        name,
+        first,
+        published,
+        rate,
+        seconds,
+        expected,
+        target_p99_ms,
+    } = run;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    while seen.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rss_loaded = rss_kib(pid);
-    let got = delivered.load(Ordering::Relaxed);
-    let span_secs = (last_delivery
-        .load(Ordering::Relaxed)
-        .saturating_sub(first_publish)) as f64
-        / 1e6;
-    let samples = latencies.lock().unwrap().clone();
-    // The worst latency of each second of publishing shows warm-up or periodic stalls.
+    let got = seen.delivered.load(Ordering::Relaxed);
+    let cpu_end = cpu_now(server);
+    let cpu = (
+        cpu_end.0 - cpu_start.0,
+        cpu_end.1 - cpu_start.1,
+        cpu_end.2 - cpu_start.2,
+    );
+    let span_secs = (seen.last_us.load(Ordering::Relaxed).saturating_sub(first)) as f64 / 1e6;
+    let samples: Vec<(u64, u32)> = seen
+        .buffers
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.lock().unwrap().clone())
+        .collect();
     let mut worst_per_second = vec![0u32; seconds as usize + 1];
     for (sent, l) in &samples {
-        let bucket = (sent.saturating_sub(first_publish) / 1_000_000) as usize;
+        let bucket = (sent.saturating_sub(first) / 1_000_000) as usize;
         if let Some(w) = worst_per_second.get_mut(bucket) {
             *w = (*w).max(*l);
         }
@@ -282,31 +438,45 @@ async fn main() {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
             .copied()
     };
-    let ms = |v: Option<u32>| v.map_or("n/a".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+    Figures {
+        name,
+        published,
+        rate,
+        expected,
+        got,
+        span_secs,
+        p50: pct(0.50),
+        p99: pct(0.99),
+        max: lat.last().copied(),
+        worst_per_second,
+        target_p99_ms,
+        cpu,
+    }
+}
 
-    print_connect_figures(
-        cores,
-        connections,
-        users,
-        concurrency,
-        connect_secs,
-        rss_idle_server,
-        rss_connected,
-    );
-    println!("  server RSS under load  {rss_loaded} KiB");
-    println!("  events published       {total_events} at {rate}/s ({failed} failed), fetch.wait.max.ms={fetch_wait}");
-    println!("  deliveries             {got} of {expected} expected");
+fn ms(v: Option<u32>) -> String {
+    v.map_or("n/a".to_string(), |us| format!("{:.2} ms", us as f64 / 1000.0))
+}
+
+fn print_figures(f: &Figures) {
     println!(
-        "  delivery rate          {:.0} deliveries/s",
-        got as f64 / span_secs.max(1e-9)
+        "  events published       {} at {}/s; deliveries {} of {} expected ({:.0}/s)",
+        f.published,
+        f.rate,
+        f.got,
+        f.expected,
+        f.got as f64 / f.span_secs.max(1e-9)
     );
     println!(
-        "  publish-to-deliver     p50 {}  p99 {}  max {}",
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        ms(lat.last().copied())
+        "  publish-to-deliver     p50 {}  p99 {}  max {}   (target p99 <= {} ms: {})",
+        ms(f.p50),
+        ms(f.p99),
+        ms(f.max),
+        f.target_p99_ms,
+        if f.ok() { "met" } else { "NOT MET" }
     );
-    let worst: Vec<String> = worst_per_second
+    let worst: Vec<String> = f
+        .worst_per_second
         .iter()
         .map(|us| format!("{:.1}", *us as f64 / 1000.0))
         .collect();
@@ -314,36 +484,294 @@ async fn main() {
         "  worst latency per second of publishing (ms): {}",
         worst.join(" ")
     );
-    drop(server);
-    if got < expected {
-        eprintln!("benchmark: {} deliveries missing", expected - got);
-        std::process::exit(1);
-    }
+    println!(
+        "  CPU seconds            gateway {:.2} ({:.2} µs per delivery), load generator {:.2}, broker {:.2}",
+        f.cpu.0,
+        f.cpu.0 * 1e6 / f.got.max(1) as f64,
+        f.cpu.1,
+        f.cpu.2
+    );
 }
 
-fn print_connect_figures(
-    cores: usize,
-    connections: usize,
-    users: usize,
-    concurrency: usize,
-    connect_secs: f64,
-    rss_idle: u64,
-    rss_connected: u64,
-) {
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let cfg = Config {
+        brokers: std::env::var("KAFKA_TEST_BROKERS").expect("KAFKA_TEST_BROKERS: run with `make bench`"),
+        connections: knob("BENCH_CONNECTIONS", 10_000) as usize,
+        fetch_wait: knob("BENCH_FETCH_WAIT_MS", 5),
+        concurrency: knob("BENCH_CONNECT_CONCURRENCY", 128) as usize,
+    };
+    let workloads = std::env::var("BENCH_WORKLOADS").unwrap_or("user,rooms,broadcast,skip".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "websocket-service benchmark ({cores} cores; load generator, broker and server on this machine)"
     );
     println!(
-        "  connections            {connections} over {users} users ({} per user)",
-        connections / users
+        "fetch.wait.max.ms={} (the broker answers a waiting fetch only then: the latency floor)",
+        cfg.fetch_wait
+    );
+    let mut all = Vec::new();
+    for workload in workloads.split(',').map(str::trim) {
+        let figures = match workload {
+            "user" => user(&cfg).await,
+            "rooms" => rooms(&cfg).await,
+            "broadcast" => broadcast(&cfg).await,
+            "skip" => {
+                skip(&cfg).await;
+                None
+            }
+            other => panic!("unknown workload {other}"),
+        };
+        all.extend(figures);
+    }
+    let missing: Vec<&Figures> = all.iter().filter(|f| f.got < f.expected).collect();
+    if !missing.is_empty() {
+        for f in missing {
+            eprintln!("benchmark {}: {} deliveries missing", f.name, f.expected - f.got);
+        }
+        std::process::exit(1);
+    }
+}
+
+/// Per-user task events; also connects/s and memory per idle connection.
+async fn user(cfg: &Config) -> Option<Figures> {
+    let users = knob("BENCH_USERS", 100) as usize;
+    let rate = knob("BENCH_RATE", 200);
+    let seconds = knob("BENCH_SECONDS", 10);
+    let n = cfg.connections;
+    let topic = create_topic(&cfg.brokers, 4).await;
+    let server = Server::start(cfg, &topic, n.div_ceil(users) + 1, &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = server.rss();
+    let (sockets, connect_secs) =
+        connect_all(cfg, server.port, n, |i| format!("user-{}", i % users), |_| None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_connected = server.rss();
+    println!(
+        "\n[user] {n} connections over {users} users ({} per user), task events to one user each",
+        n / users
     );
     println!(
-        "  connect rate           {:.0} connects/s ({connections} in {connect_secs:.2} s, {concurrency} in flight)",
-        connections as f64 / connect_secs
+        "  connect rate           {:.0} connects/s ({n} in {connect_secs:.2} s, {} in flight)",
+        n as f64 / connect_secs,
+        cfg.concurrency
     );
     println!("  server RSS             idle {rss_idle} KiB, with connections {rss_connected} KiB");
     println!(
         "  RSS per idle connection {:.2} KiB",
-        rss_connected.saturating_sub(rss_idle) as f64 / connections as f64
+        rss_connected.saturating_sub(rss_idle) as f64 / n as f64
     );
+    if seconds == 0 {
+        return None;
+    }
+    let seen = Arc::new(Seen::default());
+    spawn_readers(sockets, seen.clone());
+    let cpu_start = cpu_now(&server);
+    let (first, failed) = publish_at_rate(
+        &cfg.brokers,
+        &topic,
+        rate,
+        seconds,
+        (0..users).map(|u| format!("user-{u}")).collect(),
+        |seq| format!("user-{}", seq as usize % users),
+        |seq, sent| {
+            json!({"event_type": "task.updated", "user_id": format!("user-{}", seq as usize % users),
+                   "task": {"id": seq, "title": "benchmark task", "sent_us": sent}})
+            .to_string()
+        },
+    )
+    .await;
+    let published = rate * seconds - failed;
+    let run = Run {
+        name: "user",
+        first,
+        published,
+        rate,
+        seconds,
+        expected: published * (n / users) as u64,
+        target_p99_ms: 25.0,
+    };
+    let f = collect(run, &server, cpu_start, &seen).await;
+    println!("  server RSS under load  {} KiB", server.rss());
+    print_figures(&f);
+    Some(f)
+}
+
+/// Room events: every session in one of R rooms.
+async fn rooms(cfg: &Config) -> Option<Figures> {
+    let rooms = knob("BENCH_ROOMS", 100) as usize;
+    let rate = knob("BENCH_RATE", 200);
+    let seconds = knob("BENCH_SECONDS", 10).max(1);
+    let n = cfg.connections;
+    let topic = create_topic(&cfg.brokers, 4).await;
+    let server = Server::start(cfg, &topic, 2, &[("ROOMS_PUBLIC", "bench-*")]).await;
+    let (sockets, secs) = connect_all(
+        cfg,
+        server.port,
+        n,
+        |i| format!("u{i}"),
+        |i| Some(format!("bench-{}", i % rooms)),
+    )
+    .await;
+    println!(
+        "\n[rooms] {n} sessions in {rooms} rooms ({} per room), room events",
+        n / rooms
+    );
+    println!("  connect and join       {:.0} sessions/s", n as f64 / secs);
+    let seen = Arc::new(Seen::default());
+    spawn_readers(sockets, seen.clone());
+    let cpu_start = cpu_now(&server);
+    let (first, failed) = publish_at_rate(
+        &cfg.brokers,
+        &topic,
+        rate,
+        seconds,
+        (0..rooms).map(|r| format!("room:/bench-{r}")).collect(),
+        |seq| format!("room:/bench-{}", seq as usize % rooms),
+        |seq, sent| {
+            json!({"event_type": "room.event", "data": {"seq": seq, "sent_us": sent},
+                   "to": {"room": format!("bench-{}", seq as usize % rooms)}})
+            .to_string()
+        },
+    )
+    .await;
+    let published = rate * seconds - failed;
+    let run = Run {
+        name: "rooms",
+        first,
+        published,
+        rate,
+        seconds,
+        expected: published * (n / rooms) as u64,
+        target_p99_ms: 25.0,
+    };
+    let f = collect(run, &server, cpu_start, &seen).await;
+    print_figures(&f);
+    Some(f)
+}
+
+/// `all` broadcasts: every session receives every event.
+async fn broadcast(cfg: &Config) -> Option<Figures> {
+    let rate = knob("BENCH_BROADCAST_RATE", 10);
+    let seconds = knob("BENCH_SECONDS", 10).max(1);
+    let n = cfg.connections;
+    let topic = create_topic(&cfg.brokers, 1).await;
+    let server = Server::start(cfg, &topic, 2, &[]).await;
+    let (sockets, _) = connect_all(cfg, server.port, n, |i| format!("u{i}"), |_| None).await;
+    println!("\n[broadcast] {n} sessions, every event to all of them");
+    let seen = Arc::new(Seen::default());
+    spawn_readers(sockets, seen.clone());
+    let cpu_start = cpu_now(&server);
+    let (first, failed) = publish_at_rate(
+        &cfg.brokers,
+        &topic,
+        rate,
+        seconds,
+        vec!["broadcast".into()],
+        |_| "broadcast".into(),
+        |seq, sent| {
+            json!({"event_type": "announcement", "data": {"seq": seq, "sent_us": sent}, "to": {"all": true}})
+                .to_string()
+        },
+    )
+    .await;
+    let published = rate * seconds - failed;
+    let run = Run {
+        name: "broadcast",
+        first,
+        published,
+        rate,
+        seconds,
+        expected: published * n as u64,
+        target_p99_ms: 100.0,
+    };
+    let f = collect(run, &server, cpu_start, &seen).await;
+    print_figures(&f);
+    Some(f)
+}
+
+/// Read and skip: E events for users connected nowhere, read from the log.
+async fn skip(cfg: &Config) {
+    let events = knob("BENCH_SKIP_EVENTS", 1_000_000);
+    let partitions = knob("BENCH_SKIP_PARTITIONS", 4) as i32;
+    let topic = create_topic(&cfg.brokers, partitions).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cfg.brokers)
+        .set("linger.ms", "100")
+        .set("batch.size", "4000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    for seq in 0..events {
+        let user = format!("ghost-{}", seq % 10_000);
+        let payload = if seq % 2 == 0 {
+            json!({"event_type": "task.updated", "user_id": user, "task": {"id": seq, "title": "nobody reads this"}})
+        } else {
+            json!({"event_type": "ticket.updated", "data": {"id": seq}, "to": {"room": format!("room-{}", seq % 500)}})
+        }
+        .to_string();
+        let producer = producer.clone();
+        let topic = topic.clone();
+        pending.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&user).payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .is_ok()
+        });
+        // Bounded in flight, so the producer queue never overflows.
+        while pending.len() >= 100_000 {
+            pending.next().await;
+        }
+    }
+    while pending.next().await.is_some() {}
+    let produce_secs = started.elapsed().as_secs_f64();
+    let server = Server::start(cfg, &topic, 2, &[("KAFKA_START_FROM", "earliest")]).await;
+    let broker = broker_pid();
+    let cpu_before = (cpu_secs(server.child.id()), broker.map_or(0.0, cpu_secs));
+    let mut first_seen: Option<Instant> = None;
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let consumed = server.counter("gateway_kafka_records_consumed_total").await;
+        if consumed > 0 && first_seen.is_none() {
+            first_seen = Some(Instant::now());
+        }
+        last = consumed;
+        if consumed >= events {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = first_seen.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
+    println!("\n[skip] {events} events for nobody connected, read from the log ({partitions} partitions)");
+    println!(
+        "  written by the producer {:.0} events/s (setup, not a gateway figure)",
+        events as f64 / produce_secs
+    );
+    println!(
+        "  read and skipped       {last} in {secs:.2} s: {:.0} events/s   (target >= 200000: {})",
+        last as f64 / secs,
+        if last >= events && last as f64 / secs >= 200_000.0 {
+            "met"
+        } else {
+            "NOT MET"
+        }
+    );
+    let cpu = (
+        cpu_secs(server.child.id()) - cpu_before.0,
+        broker.map_or(0.0, cpu_secs) - cpu_before.1,
+    );
+    println!(
+        "  CPU while reading      gateway {:.2} s ({:.2} µs per event), broker {:.2} s",
+        cpu.0,
+        cpu.0 * 1e6 / last.max(1) as f64,
+        cpu.1
+    );
+    println!("  server RSS after       {} KiB", server.rss());
 }

@@ -48,6 +48,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_TOPICS", "kafka.topics"),
     ("KAFKA_METADATA_REFRESH_SECS", "kafka.metadata_refresh_secs"),
     ("KAFKA_CREATE_TOPICS", "kafka.create_topics"),
+    ("KAFKA_START_FROM", "kafka.start_from"),
     ("DAPR_ENABLED", "dapr.enabled"),
     ("DAPR_INSECURE_NO_APP_TOKEN", "dapr.insecure_no_app_token"),
     ("DAPR_SUBSCRIBE", "dapr.subscribe"),
@@ -221,6 +222,10 @@ pub struct KafkaSettings {
     pub metadata_refresh_secs: u64,
     /// Create missing topics at start (for local runs; production topics are provisioned).
     pub create_topics: bool,
+    /// Where the partitions seen at start are read from: `live` (their end: only what is
+    /// produced from now on) or `earliest` (every retained record; for benchmarks and drills:
+    /// connected clients would receive old events).
+    pub start_from: String,
     /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*,
     /// fetch.wait.max.ms, ...).
     #[serde(default)]
@@ -303,6 +308,7 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("kafka.topics", DefaultValue::List(&["task-updates"])),
     ("kafka.metadata_refresh_secs", DefaultValue::Int(10)),
     ("kafka.create_topics", DefaultValue::Bool(false)),
+    ("kafka.start_from", DefaultValue::Str("live")),
     ("dapr.enabled", DefaultValue::Bool(false)),
     ("dapr.insecure_no_app_token", DefaultValue::Bool(false)),
     ("dapr.subscribe", DefaultValue::Bool(true)),

@@ -98,6 +98,11 @@ impl Mailbox {
         msg
     }
 
+    /// Puts a message taken with [`Mailbox::pop`] back at the front (its write could not start).
+    pub fn unpop(&self, msg: ByteString) {
+        self.queue.lock().push_front(msg);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.queue.lock().is_empty()
     }
@@ -462,10 +467,7 @@ impl Registry {
         let workspace = to.workspace.as_deref();
         // The message of each room variant, built on first use.
         let mut built: Vec<(Option<Box<str>>, ByteString)> = Vec::new();
-        let mut offer = |id: SessionId, via_room: Option<&str>, outcome: &mut Delivery| {
-            let Some(entry) = index.sessions.get(&id) else {
-                return;
-            };
+        let mut offer_entry = |entry: &Entry, via_room: Option<&str>, outcome: &mut Delivery| {
             if !admits(to, entry, via_room.is_some()) || !entry.wants(event_type) {
                 return;
             }
@@ -489,6 +491,11 @@ impl Registry {
                     outcome.overflowed += 1;
                     outcome.dropped += dropped;
                 }
+            }
+        };
+        let mut offer = |id: SessionId, via_room: Option<&str>, outcome: &mut Delivery| {
+            if let Some(entry) = index.sessions.get(&id) {
+                offer_entry(entry, via_room, outcome);
             }
         };
         if to.all {

@@ -58,6 +58,11 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
         // data): then everything that is there is newer than what we saw.
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // When a fetch brings more than `queued.min.messages` (a backlog, a burst, a replica
+        // reading back), librdkafka waits this long before the next fetch of that partition;
+        // its default (1 s) would stall delivery for a second after every big fetch. The
+        // consume loop drains the queue as fast as it fills, so a short pause is enough.
+        .set("fetch.queue.backoff.ms", "10")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (key, value) in &settings.properties {
         config.set(key, value);
@@ -148,6 +153,7 @@ pub fn start(
         readiness,
         assigned: HashSet::new(),
         started: false,
+        from_earliest: settings.start_from == "earliest",
         started_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
@@ -228,6 +234,8 @@ struct Discovery {
     started: bool,
     /// When the replica started (Unix ms).
     started_at_ms: i64,
+    /// `KAFKA_START_FROM=earliest`: what is seen at start is read from its beginning.
+    from_earliest: bool,
 }
 
 impl Discovery {
@@ -327,14 +335,18 @@ impl Discovery {
                 .map_err(|e| format!("offset lookup task failed: {e}"))??
         };
         let consumer = self.consumer.clone();
+        let from_earliest = self.from_earliest;
         let offsets: Vec<Result<(String, i32, Offset), String>> =
             futures_util::stream::iter(new.iter().cloned())
-                .map(|(topic, partition, _)| {
+                .map(|(topic, partition, from_start)| {
                     let consumer = consumer.clone();
                     let found = by_time.get(&(topic.clone(), partition)).copied();
                     async move {
                         if let Some(offset) = found {
                             return Ok((topic, partition, Offset::Offset(offset)));
+                        }
+                        if from_earliest && !from_start {
+                            return Ok((topic, partition, Offset::Beginning));
                         }
                         tokio::task::spawn_blocking(move || {
                             consumer

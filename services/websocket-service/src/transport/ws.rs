@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
+use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
@@ -20,6 +21,10 @@ use crate::auth::grants::RoomPattern;
 use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit, Profile};
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, FilterData, RoomData, ServerMessage};
 use crate::AppState;
+
+/// Most queued messages written per turn of the session's loop before it looks at the client's
+/// messages and its timer again.
+const DRAIN_PER_TURN: usize = 32;
 
 /// How long a close frame may take to be queued before the connection is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -308,6 +313,24 @@ impl Connection {
             if let Some(code) = mailbox.kicked() {
                 return End::Close(code, kick_reason(code).into());
             }
+            // Write what the channel takes right now, without waiting: the usual path, one wake
+            // per event. Bounded per turn, so the client's messages and the timer get their turn.
+            for _ in 0..DRAIN_PER_TURN {
+                let Some(msg) = mailbox.pop() else { break };
+                match self.session.text(msg.clone()).now_or_never() {
+                    Some(Ok(())) => {
+                        stuck_since = None;
+                        self.state.stats.message_delivered();
+                    }
+                    Some(Err(_)) => return End::Gone,
+                    // The channel is full and nothing was sent: the message goes back to the
+                    // front, and the `select!` below waits for room.
+                    None => {
+                        mailbox.unpop(msg);
+                        break;
+                    }
+                }
+            }
             let pending = !mailbox.is_empty();
             if pending && stuck_since.is_none() {
                 let since = Instant::now();
@@ -317,20 +340,9 @@ impl Connection {
                 }
             }
             tokio::select! {
-                // The only wait for the mailbox: a message queued or a kick. Either way the loop
-                // looks at both again, so a stored wake-up is never spent without effect.
-                () = mailbox.changed() => {}
-                // One queued message per turn, so a steady stream of events cannot starve the
-                // client's messages or the timer. The message leaves the queue only once written.
-                written = write_front(&mut self.session, &mailbox), if pending => {
-                    match written {
-                        Ok(()) => {
-                            stuck_since = None;
-                            self.state.stats.message_delivered();
-                        }
-                        Err(end) => return end,
-                    }
-                }
+                // In this order, so a flood of events cannot keep the client's messages or the
+                // timer waiting (the writes happen above, a bounded number per turn).
+                biased;
                 frame = stream.recv() => {
                     last_seen = Instant::now();
                     match frame {
@@ -365,6 +377,21 @@ impl Connection {
                         next = next.min(since + write_timeout);
                     }
                     timer.as_mut().reset(next);
+                }
+                // The only wait for the mailbox: a message queued or a kick. Either way the loop
+                // looks at both again, so a stored wake-up is never spent without effect.
+                () = mailbox.changed() => {}
+                // The channel was full: wait for room for the oldest message, which leaves the
+                // queue only once written.
+                written = write_front(&mut self.session, &mailbox), if pending => {
+                    match written {
+                        Ok(true) => {
+                            stuck_since = None;
+                            self.state.stats.message_delivered();
+                        }
+                        Ok(false) => {}
+                        Err(end) => return end,
+                    }
                 }
             }
         }
@@ -423,14 +450,15 @@ enum Control {
 /// `select!` before it completes, nothing was sent and the message is still first in line:
 /// actix-ws waits for room in its channel (`PollSender::poll_ready`, the only point where this
 /// future can be pending) and then hands the message over and flushes within the same poll.
-async fn write_front(session: &mut Session, mailbox: &Mailbox) -> Result<(), End> {
+/// Returns whether a message was written (`false`: the queue was empty).
+async fn write_front(session: &mut Session, mailbox: &Mailbox) -> Result<bool, End> {
     let Some(msg) = mailbox.front() else {
-        return Ok(());
+        return Ok(false);
     };
     match session.text(msg).await {
         Ok(()) => {
             mailbox.pop();
-            Ok(())
+            Ok(true)
         }
         Err(_) => Err(End::Gone),
     }

@@ -474,7 +474,11 @@ async fn generic_events_through_dapr() {
     );
     let got = member.recv().await;
     assert_eq!(
-        (got["type"].as_str(), got["room"].as_str(), got["data"]["ok"].as_bool()),
+        (
+            got["type"].as_str(),
+            got["room"].as_str(),
+            got["data"]["ok"].as_bool()
+        ),
         (Some("system.status"), Some("status"), Some(true))
     );
     assert_eq!(got["id"], "ce-generic-1");
