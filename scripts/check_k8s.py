@@ -44,7 +44,8 @@ DASHBOARD_METRICS = [
     "gateway_slow_client_disconnects_total", "gateway_kafka_records_consumed_total",
     "gateway_kafka_records_malformed_total", "gateway_kafka_consumer_lag",
     "gateway_dapr_deliveries_total", "gateway_auth_failures_total",
-    "gateway_delivery_latency_seconds_bucket", "gateway_ready",
+    "gateway_delivery_latency_seconds_bucket", "gateway_ready", "gateway_degraded",
+    "gateway_task_restarts_total", "gateway_api_publish_events_total",
 ]
 
 
