@@ -30,6 +30,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HEARTBEAT_INTERVAL_SECS", "server.heartbeat_interval_secs"),
     ("CLIENT_TIMEOUT_SECS", "server.client_timeout_secs"),
     ("WRITE_TIMEOUT_SECS", "server.write_timeout_secs"),
+    ("REFUSAL_MEMORY_SECS", "server.refusal_memory_secs"),
+    ("REFUSAL_MEMORY_CAPACITY", "server.refusal_memory_capacity"),
+    ("OVERLOAD_CLOSE_DELAY_MS", "server.overload_close_delay_ms"),
     ("DRAIN_WINDOW_SECS", "server.drain_window_secs"),
     ("SHUTDOWN_GRACE_SECS", "server.shutdown_grace_secs"),
     ("BETTER_AUTH_SECRET", "auth.jwt_secret"),
@@ -40,6 +43,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("JWT_ISSUER", "auth.jwt_issuer"),
     ("JWT_AUDIENCE", "auth.jwt_audience"),
     ("JWT_LEEWAY_SECS", "auth.leeway_secs"),
+    ("JWT_REQUIRE_EXP", "auth.require_exp"),
+    ("TOKEN_EXPIRY_POLICY", "auth.expiry_policy"),
     ("JWKS_TIMEOUT_MS", "auth.jwks_timeout_ms"),
     ("JWKS_MIN_REFRESH_SECS", "auth.jwks_min_refresh_secs"),
     ("JWKS_REFRESH_SECS", "auth.jwks_refresh_secs"),
@@ -172,6 +177,15 @@ pub struct ServerSettings {
     /// Longest one write to a session may wait for the peer to read (every frame: events,
     /// replies, pings). Past it the session is closed as a slow consumer (4008).
     pub write_timeout_secs: u64,
+    /// How long a token refused for good (4001, 4003, 4029) is refused again at the upgrade with
+    /// an HTTP status instead of a close after open (clients that reconnect after every close
+    /// then stop within their retries). Longer than such a client's whole backoff (31 s).
+    pub refusal_memory_secs: u64,
+    /// Most refusals remembered; the oldest are forgotten first.
+    pub refusal_memory_capacity: usize,
+    /// How long a refusal for overload (1013) is held open first, jittered by half either way,
+    /// so clients that reconnect at once are spread out; 0 closes at once.
+    pub overload_close_delay_ms: u64,
     /// On SIGTERM, open sessions are closed with 1001 spread over this window, so the clients
     /// reconnecting to other replicas do not arrive as one herd.
     pub drain_window_secs: u64,
@@ -198,6 +212,12 @@ pub struct AuthSettings {
     pub jwt_audience: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// Refuse tokens without `exp`. Off only for issuers that cannot set one; such sessions end
+    /// only when the client leaves (or is disconnected).
+    pub require_exp: bool,
+    /// `close`: a session ends (4002) when its token expires, for clients that refresh tokens;
+    /// `connect`: the token is checked at connect only, for frontends that cannot refresh.
+    pub expiry_policy: String,
     /// Timeout of one JWKS fetch.
     pub jwks_timeout_ms: u64,
     /// Minimum time between two JWKS fetches, so unknown `kid`s cannot hammer the issuer.
@@ -297,9 +317,14 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.heartbeat_interval_secs", DefaultValue::Int(20)),
     ("server.client_timeout_secs", DefaultValue::Int(60)),
     ("server.write_timeout_secs", DefaultValue::Int(10)),
+    ("server.refusal_memory_secs", DefaultValue::Int(120)),
+    ("server.refusal_memory_capacity", DefaultValue::Int(100_000)),
+    ("server.overload_close_delay_ms", DefaultValue::Int(2000)),
     ("server.drain_window_secs", DefaultValue::Int(10)),
     ("server.shutdown_grace_secs", DefaultValue::Int(20)),
     ("auth.leeway_secs", DefaultValue::Int(30)),
+    ("auth.require_exp", DefaultValue::Bool(true)),
+    ("auth.expiry_policy", DefaultValue::Str("close")),
     ("auth.jwks_timeout_ms", DefaultValue::Int(5_000)),
     ("auth.jwks_min_refresh_secs", DefaultValue::Int(30)),
     ("auth.jwks_refresh_secs", DefaultValue::Int(300)),
@@ -427,6 +452,14 @@ impl Settings {
         within("HEARTBEAT_INTERVAL_SECS", s.heartbeat_interval_secs, 1, HOUR)?;
         within("CLIENT_TIMEOUT_SECS", s.client_timeout_secs, 2, DAY)?;
         within("WRITE_TIMEOUT_SECS", s.write_timeout_secs, 1, HOUR)?;
+        within("REFUSAL_MEMORY_SECS", s.refusal_memory_secs, 0, DAY)?;
+        within(
+            "REFUSAL_MEMORY_CAPACITY",
+            s.refusal_memory_capacity as u64,
+            0,
+            10_000_000,
+        )?;
+        within("OVERLOAD_CLOSE_DELAY_MS", s.overload_close_delay_ms, 0, 60_000)?;
         within("DRAIN_WINDOW_SECS", s.drain_window_secs, 0, HOUR)?;
         within("SHUTDOWN_GRACE_SECS", s.shutdown_grace_secs, 1, HOUR)?;
         if s.drain_window_secs >= s.shutdown_grace_secs {
@@ -454,6 +487,9 @@ impl Settings {
             return fail("JWT_SECRET is shorter than 16 bytes; use a longer random secret");
         }
         within("JWT_LEEWAY_SECS", a.leeway_secs, 0, HOUR)?;
+        if !matches!(a.expiry_policy.as_str(), "close" | "connect") {
+            return fail("TOKEN_EXPIRY_POLICY must be `close` (end sessions at exp) or `connect` (check at connect only)");
+        }
         within("JWKS_TIMEOUT_MS", a.jwks_timeout_ms, 1, 60_000)?;
         within("JWKS_MIN_REFRESH_SECS", a.jwks_min_refresh_secs, 0, DAY)?;
         within("JWKS_MAX_REFRESH_SECS", a.jwks_max_refresh_secs, 1, DAY)?;

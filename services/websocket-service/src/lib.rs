@@ -60,6 +60,8 @@ pub struct AppState {
     pub public_rooms: Vec<auth::grants::RoomPattern>,
     /// Writes `POST /api/publish`'s events to Kafka, when Kafka is configured.
     pub publisher: Option<ingest::publish::Producer>,
+    /// Tokens refused for good a moment ago (see `transport::refusals`).
+    pub refusals: transport::refusals::Refusals,
 }
 
 /// A configured gateway, not yet serving.
@@ -116,6 +118,8 @@ impl Gateway {
             );
         }
         let publisher = ingest::publish::Producer::from_settings(&settings)?;
+        let settings_refusal_secs = settings.server.refusal_memory_secs;
+        let settings_refusal_capacity = settings.server.refusal_memory_capacity;
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -127,6 +131,10 @@ impl Gateway {
             upgrading: std::sync::atomic::AtomicUsize::new(0),
             public_rooms,
             publisher,
+            refusals: transport::refusals::Refusals::new(
+                std::time::Duration::from_secs(settings_refusal_secs),
+                settings_refusal_capacity,
+            ),
         });
         Ok(Gateway {
             state,

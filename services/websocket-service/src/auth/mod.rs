@@ -25,7 +25,8 @@ pub struct Identity {
     /// The `sub` claim: events addressed to this user id reach the session.
     pub user_id: Arc<str>,
     /// Until when the token is accepted, as a Unix time: its `exp` plus the verification leeway
-    /// (the same leeway that admitted it). The session is closed with 4002 then.
+    /// (the same leeway that admitted it). The session is closed with 4002 then. `u64::MAX`
+    /// with `TOKEN_EXPIRY_POLICY=connect` or a token without `exp`.
     pub valid_until: u64,
     /// What the token allows: roles, rooms, workspaces.
     pub grants: grants::Grants,
@@ -63,6 +64,12 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the token itself is at fault (refused for good), rather than this replica
+    /// (signing keys it could not load: the same token may pass a moment later).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, AuthError::KeysUnavailable)
+    }
+
     /// A stable snake_case label for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -101,7 +108,8 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
-    exp: u64,
+    /// Required unless `JWT_REQUIRE_EXP=false`.
+    exp: Option<u64>,
     #[serde(flatten)]
     grants: grants::GrantClaims,
 }
@@ -111,6 +119,8 @@ pub struct Authenticator {
     keys: Keys,
     /// Issuer/audience/leeway rules; `algorithms` is set per key at verification.
     base: Validation,
+    /// `TOKEN_EXPIRY_POLICY=connect`: sessions are not ended at `exp`.
+    check_at_connect_only: bool,
 }
 
 enum Keys {
@@ -125,7 +135,11 @@ impl Authenticator {
         let mut base = Validation::new(Algorithm::HS256);
         base.leeway = s.leeway_secs;
         base.validate_nbf = true;
-        base.set_required_spec_claims(&["exp", "sub"]);
+        if s.require_exp {
+            base.set_required_spec_claims(&["exp", "sub"]);
+        } else {
+            base.set_required_spec_claims(&["sub"]);
+        }
         match s.jwt_audience.as_deref().filter(|a| !a.is_empty()) {
             Some(aud) => base.set_audience(&[aud]),
             None => base.validate_aud = false,
@@ -147,7 +161,11 @@ impl Authenticator {
         } else {
             anyhow::bail!("no token verifier configured");
         };
-        let auth = Arc::new(Authenticator { keys, base });
+        let auth = Arc::new(Authenticator {
+            keys,
+            base,
+            check_at_connect_only: s.expiry_policy == "connect",
+        });
         if matches!(auth.keys, Keys::Jwks(_)) {
             readiness.gate("jwks", "signing keys not loaded yet");
             tokio::spawn(refresh_jwks(Arc::downgrade(&auth)));
@@ -173,7 +191,11 @@ impl Authenticator {
         }
         Ok(Identity {
             user_id: claims.sub.into(),
-            valid_until: claims.exp.saturating_add(self.base.leeway),
+            valid_until: match claims.exp {
+                Some(exp) if !self.check_at_connect_only => exp.saturating_add(self.base.leeway),
+                // No `exp` (allowed by configuration), or checked at connect only.
+                _ => u64::MAX,
+            },
             grants: grants::Grants::from_claims(claims.grants)?,
         })
     }

@@ -2,5 +2,8 @@
 //!
 //! - [`ws`]: one WebSocket connection: upgrade, authentication, its loop (writes, client
 //!   messages, heartbeat, deadlines) and its close codes.
+//! - [`refusals`]: how refusals reach clients that reconnect after every close: permanent ones
+//!   are refused at the upgrade after the first, transient ones are paced closes.
 
+pub mod refusals;
 pub mod ws;

@@ -20,6 +20,7 @@ use task_events::valid_room_name;
 use crate::auth::grants::RoomPattern;
 use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit, Profile};
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, FilterData, RoomData, ServerMessage};
+use crate::transport::refusals::{self, Refused};
 use crate::AppState;
 
 /// Most queued messages written per turn of the session's loop before it looks at the client's
@@ -30,22 +31,43 @@ const DRAIN_PER_TURN: usize = 32;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `GET /ws`: the upgrade.
+///
+/// Refusals follow [`refusals`](super::refusals): a token refused for good is told so after the
+/// upgrade the first time, and refused at the upgrade (401, 403, 429) when it comes back within
+/// `REFUSAL_MEMORY_SECS`; transient refusals (draining, full) are closes after the upgrade.
 pub async fn ws_route(
     req: HttpRequest,
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
     // Counted before the drain check, so a drain that starts right after it waits for this one.
-    let _upgrading = Upgrading::new(state.clone().into_inner());
-    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        state.stats.connection_rejected("draining");
-        return Ok(HttpResponse::ServiceUnavailable()
-            .insert_header(("Retry-After", "1"))
-            .json(serde_json::json!({"error": "shutting down"})));
-    }
+    let upgrading = Upgrading::new(state.clone().into_inner());
     let token = token_from(&req);
     let requested_workspace = query_param(&req, "workspace_id").filter(|w| !w.is_empty());
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
+    let refusal_key = state
+        .refusals
+        .key(token.as_deref(), peer.as_deref(), requested_workspace.as_deref());
+    if let Some(refused) = state.refusals.check(refusal_key) {
+        state.stats.connection_rejected("refused_again");
+        return Ok(refused_again(refused, state.settings.server.refusal_memory_secs));
+    }
     let (response, session, stream) = actix_ws::handle(&req, body)?;
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // Transient: a close after open (a client that counts failed tries keeps its count),
+        // after a short jittered pause so the reconnects reach the other replicas spread out.
+        state.stats.connection_rejected("draining");
+        let pause = refusals::paced(Duration::from_millis(500));
+        actix_web::rt::spawn(async move {
+            let _upgrading = upgrading;
+            tokio::time::sleep(pause).await;
+            close_now(session, close::GOING_AWAY, "server shutting down: reconnect").await;
+        });
+        return Ok(response);
+    }
+    let refuse = |code: u16, reason: &'static str| {
+        state.refusals.remember(refusal_key, Refused { code, reason });
+    };
     let anonymous = token.is_none() && state.settings.anonymous.enabled;
     let identity = match token {
         Some(token) => state.auth.verify(&token).await,
@@ -54,9 +76,19 @@ pub async fn ws_route(
     };
     let identity = match identity {
         Ok(identity) => identity,
-        Err(error) => {
-            let peer = req.peer_addr().map(|a| a.to_string());
+        Err(error) if !error.is_permanent() => {
+            // This replica could not load its keys: the same token may pass in a moment.
             state.stats.auth_failed(&error, peer.as_deref());
+            close_paced(
+                state.settings.server.overload_close_delay_ms,
+                session,
+                &format!("try again later: {error}"),
+            );
+            return Ok(response);
+        }
+        Err(error) => {
+            state.stats.auth_failed(&error, peer.as_deref());
+            refuse(close::UNAUTHORIZED, error.label());
             close_now(session, close::UNAUTHORIZED, &format!("unauthorized: {error}")).await;
             return Ok(response);
         }
@@ -72,6 +104,7 @@ pub async fn ws_route(
         Err(forbidden) => {
             state.stats.connection_rejected("workspace_forbidden");
             tracing::info!(user_id = %identity.user_id, %forbidden, "websocket session refused");
+            refuse(close::FORBIDDEN, "workspace_forbidden");
             close_now(session, close::FORBIDDEN, &format!("forbidden: {forbidden}")).await;
             return Ok(response);
         }
@@ -92,10 +125,24 @@ pub async fn ws_route(
                 LimitHit::Draining => "draining",
             });
             tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
-            close_now(session, limit.close_code(), &limit.to_string()).await;
+            match limit {
+                LimitHit::PerUser => {
+                    refuse(close::TOO_MANY_CONNECTIONS, "too_many_connections");
+                    close_now(session, limit.close_code(), &limit.to_string()).await;
+                }
+                LimitHit::Total | LimitHit::Anonymous => close_paced(
+                    state.settings.server.overload_close_delay_ms,
+                    session,
+                    &format!("try again later: {limit}"),
+                ),
+                LimitHit::Draining => {
+                    close_now(session, limit.close_code(), "server shutting down: reconnect").await;
+                }
+            }
             return Ok(response);
         }
     };
+    drop(upgrading);
     let stream = stream
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
@@ -111,6 +158,36 @@ pub async fn ws_route(
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
+}
+
+/// The answer at the upgrade to a token refused for good a moment ago.
+fn refused_again(refused: Refused, window_secs: u64) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(refused.status())
+        .unwrap_or(actix_web::http::StatusCode::UNAUTHORIZED);
+    let mut response = HttpResponse::build(status);
+    if refused.status() == 429 {
+        response.insert_header(("Retry-After", window_secs.to_string()));
+    }
+    response.json(serde_json::json!({
+        "error": "refused",
+        "close_code": refused.code,
+        "reason": refused.reason,
+        "detail": format!(
+            "this token was refused less than {window_secs} s ago (close code {}); connect with a new token",
+            refused.code
+        ),
+    }))
+}
+
+/// A transient refusal: 1013 with a retry hint, held a jittered moment first so a storm of
+/// reconnecting clients is spread out.
+fn close_paced(delay_ms: u64, session: Session, reason: &str) {
+    let pause = refusals::paced(Duration::from_millis(delay_ms));
+    let reason = format!("{reason} (retry in {} s)", pause.as_secs().max(1));
+    actix_web::rt::spawn(async move {
+        tokio::time::sleep(pause).await;
+        close_now(session, close::TRY_AGAIN_LATER, &reason).await;
+    });
 }
 
 /// The identity of a session without a token: a user id no producer can address, and no grant.

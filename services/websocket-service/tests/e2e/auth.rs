@@ -198,8 +198,10 @@ async fn jwks_keys_are_cached_and_refreshed_on_unknown_kid() {
 
     header.kid = Some("rotated-away".into());
     let unknown = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-    for _ in 0..3 {
-        expect_close(&gw.url(&unknown), UNAUTHORIZED).await;
+    expect_close(&gw.url(&unknown), UNAUTHORIZED).await;
+    // The same token again: refused at the upgrade (see refusals), with no JWKS fetch either.
+    for _ in 0..2 {
+        expect_refused_at_upgrade(&gw.url(&unknown), 401).await;
     }
     // The first unknown kid may refetch (the last fetch was at start, less than a minute ago: no).
     assert_eq!(

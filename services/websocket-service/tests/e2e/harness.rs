@@ -416,6 +416,18 @@ pub async fn expect_close(url: &str, code: u16) -> String {
     wait_close(&mut ws, code).await
 }
 
+/// Connects and expects the upgrade itself to be refused with `status` and a JSON body.
+pub async fn expect_refused_at_upgrade(url: &str, status: u16) -> Value {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), status);
+            let body = resp.body().clone().unwrap_or_default();
+            serde_json::from_slice(&body).expect("a JSON body")
+        }
+        other => panic!("expected the upgrade refused with {status}, got {other:?}"),
+    }
+}
+
 /// Reads until a close frame; asserts its code; no task event may come before it.
 pub async fn wait_close(ws: &mut Ws, code: u16) -> String {
     loop {
@@ -644,4 +656,97 @@ pub fn run_to_exit(vars: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut stderr = String::new();
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     (status.code(), stderr)
+}
+
+// ---- a client as the existing frontends are written ---------------------------------------
+
+/// What a seed-style client did.
+#[derive(Debug, Default, Clone)]
+pub struct SeedLog {
+    /// Connection attempts made.
+    pub attempts: u32,
+    /// Attempts whose socket opened.
+    pub opened: u32,
+    /// Close codes received after an open.
+    pub closes: Vec<u16>,
+    /// Text messages received, in order.
+    pub messages: Vec<Value>,
+    /// It stopped trying (five failed tries in a row).
+    pub gave_up: bool,
+}
+
+/// A client that behaves exactly as the existing frontends do (docs/wire-contract.md): it
+/// reconnects after every close whatever the code, resets its retry counter when a socket opens,
+/// waits 1 s, 2 s, 4 s, ... between tries, gives up after 5 tries in a row, and reads the token
+/// again before each try (`url()` is called per attempt). Never sends a cursor or a join.
+pub struct SeedClient {
+    pub log: Arc<std::sync::Mutex<SeedLog>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SeedClient {
+    pub fn start(url: impl Fn() -> String + Send + 'static) -> Self {
+        let log = Arc::new(std::sync::Mutex::new(SeedLog::default()));
+        let shared = log.clone();
+        let task = tokio::spawn(async move {
+            let mut retries: u32 = 0;
+            loop {
+                shared.lock().unwrap().attempts += 1;
+                if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url()).await {
+                    // onopen
+                    retries = 0;
+                    shared.lock().unwrap().opened += 1;
+                    loop {
+                        match ws.next().await {
+                            Some(Ok(Message::Text(text))) => {
+                                let value: Value = serde_json::from_str(&text).unwrap();
+                                assert_server_schema(&value);
+                                shared.lock().unwrap().messages.push(value);
+                            }
+                            Some(Ok(Message::Close(frame))) => {
+                                let code = frame.map_or(1005, |f| u16::from(f.code));
+                                shared.lock().unwrap().closes.push(code);
+                                break;
+                            }
+                            Some(Ok(_)) => {}
+                            _ => {
+                                shared.lock().unwrap().closes.push(1006);
+                                break;
+                            }
+                        }
+                    }
+                }
+                // onclose (after an open, or a failed try)
+                if retries >= 5 {
+                    shared.lock().unwrap().gave_up = true;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1 << retries)).await;
+                retries += 1;
+            }
+        });
+        SeedClient { log, task }
+    }
+
+    pub fn snapshot(&self) -> SeedLog {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `done(log)` holds, at most `limit`.
+    pub async fn wait_for(&self, limit: Duration, done: impl Fn(&SeedLog) -> bool) -> SeedLog {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.snapshot();
+            if done(&log) || Instant::now() >= deadline {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for SeedClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

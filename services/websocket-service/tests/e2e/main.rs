@@ -9,4 +9,5 @@ mod drain;
 mod faults;
 mod harness;
 mod protocol;
+mod seeds;
 mod spine;

@@ -1,0 +1,147 @@
+//! The existing frontends as written (issue 15): seed-style clients through refusals, expiries
+//! and overload. `SeedClient` (harness) behaves exactly as docs/wire-contract.md describes.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::json;
+
+use crate::harness::*;
+
+/// Item 1: an expired token makes at most six connection attempts, then the client stops: the
+/// first is a close after open (4001, so the reason is visible), the next ones are refused at
+/// the upgrade, which the client counts as failed tries. Before, every attempt opened and
+/// reset the client's counter, and it reconnected every second forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_makes_at_most_six_attempts_then_stops() {
+    let gw = TestGateway::start(env_for(None, None)).await;
+    let expired = token_with(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        json!({"sub": "stale", "exp": now_secs() - 3600}),
+    );
+    let url = gw.url(&expired);
+    let client = SeedClient::start(move || url.clone());
+    // 1 + 2 + 4 + 8 + 16 s of backoff, and some slack.
+    let log = client.wait_for(Duration::from_secs(45), |log| log.gave_up).await;
+    assert!(log.gave_up, "the client stopped: {log:?}");
+    assert_eq!(log.attempts, 6, "{log:?}");
+    assert_eq!(log.opened, 1, "only the first attempt opened: {log:?}");
+    assert_eq!(log.closes, vec![4001], "{log:?}");
+    gw.stop().await;
+}
+
+/// Item 1: a forbidden workspace and too many sessions are refused for good the same way, with
+/// the HTTP status saying which at the upgrade; a new token is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_refusals_are_refused_at_the_upgrade_the_second_time() {
+    let mut env = env_for(None, None);
+    set(&mut env, "MAX_CONNECTIONS_PER_USER", "1");
+    let gw = TestGateway::start(env).await;
+    let t = token_claims("ws-user", json!({"workspace_id": "w1"}));
+    let forbidden = format!("{}&workspace_id=w2", gw.url(&t));
+    expect_close(&forbidden, 4003).await;
+    let body = expect_refused_at_upgrade(&forbidden, 403).await;
+    assert_eq!(body["close_code"], 4003);
+    // The same token without the forbidden workspace is fine.
+    let _first = connect(&gw.url(&t)).await;
+    // A second session of the user: 4029 after open, then 429 at the upgrade.
+    expect_close(&gw.url(&t), 4029).await;
+    let body = expect_refused_at_upgrade(&gw.url(&t), 429).await;
+    assert_eq!(body["close_code"], 4029);
+    // Garbage tokens: 4001, then 401.
+    expect_close(&gw.url("garbage"), 4001).await;
+    expect_refused_at_upgrade(&gw.url("garbage"), 401).await;
+    gw.stop().await;
+}
+
+/// Item 1: a transient refusal (this replica is full) never makes such a client give up: it is
+/// a paced close after open, and the client connects once there is room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replica_never_makes_a_seed_client_give_up() {
+    let mut env = env_for(None, None);
+    set(&mut env, "MAX_CONNECTIONS", "1");
+    set(&mut env, "OVERLOAD_CLOSE_DELAY_MS", "600");
+    let gw = TestGateway::start(env).await;
+    let holder = connect(&gw.url(&token("holder"))).await;
+    let url = gw.url(&token("waiting"));
+    let client = SeedClient::start(move || url.clone());
+    // Longer than five failed tries would last.
+    let log = client
+        .wait_for(Duration::from_secs(12), |log| log.closes.len() >= 6)
+        .await;
+    assert!(!log.gave_up, "{log:?}");
+    assert!(log.closes.iter().all(|c| *c == 1013), "{log:?}");
+    assert_eq!(log.opened, log.attempts, "every attempt opened: {log:?}");
+    drop(holder);
+    let log = client
+        .wait_for(Duration::from_secs(20), |log| {
+            log.messages.iter().any(|m| m["type"] == "connected")
+        })
+        .await;
+    assert!(
+        log.messages.iter().any(|m| m["type"] == "connected"),
+        "connected once there was room: {log:?}"
+    );
+    gw.stop().await;
+}
+
+/// Item 2: TOKEN_EXPIRY_POLICY=connect checks the token at connect only (for frontends that
+/// cannot refresh), and JWT_REQUIRE_EXP=false accepts tokens without `exp`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_policy_connect_and_tokens_without_exp() {
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let no_exp = token_with(Algorithm::HS256, &key, json!({"sub": "forever"}));
+    let gw = TestGateway::start(env_for(None, None)).await;
+    expect_close(&gw.url(&no_exp), 4001).await;
+    gw.stop().await;
+
+    let mut env = env_for(None, None);
+    set(&mut env, "TOKEN_EXPIRY_POLICY", "connect");
+    set(&mut env, "JWT_REQUIRE_EXP", "false");
+    set(&mut env, "JWT_LEEWAY_SECS", "0");
+    let gw = TestGateway::start(env).await;
+    let short = token_with(
+        Algorithm::HS256,
+        &key,
+        json!({"sub": "brief", "exp": now_secs() + 1}),
+    );
+    let mut brief = connect(&gw.url(&short)).await;
+    let mut forever = connect(&gw.url(&no_exp)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    brief.assert_nothing_pending().await;
+    forever.assert_nothing_pending().await;
+    gw.stop().await;
+}
+
+/// Item 7: an anonymous dashboard (no token, ANONYMOUS_ENABLED) gets `all` broadcasts and public
+/// rooms, nothing addressed to users, roles or workspaces; it may not join a private room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_dashboard_gets_broadcasts_and_nothing_addressed_to_users() {
+    let mut env = env_for(None, None);
+    set(&mut env, "ANONYMOUS_ENABLED", "true");
+    set(&mut env, "ROOMS_PUBLIC", "status");
+    set(&mut env, "SERVER_API_KEY", crate::audiences::API_KEY);
+    let gw = TestGateway::start(env).await;
+    let mut dash = connect(&format!("ws://{}/ws", gw.addr)).await;
+    assert!(dash.hello["user_id"].as_str().unwrap().starts_with("anonymous:"));
+    dash.join("status").await;
+    let refused = dash.ask(json!({"type": "join_room", "room": "private"})).await;
+    assert_eq!(refused["code"], "forbidden");
+    let user_id = dash.hello["user_id"].as_str().unwrap().to_string();
+    let events = json!([
+        {"event_type": "dm", "data": {}, "to": {"user": user_id}},
+        {"event_type": "admins", "data": {}, "to": {"roles": ["admin"]}},
+        {"event_type": "ws", "data": {}, "to": {"workspace": "w1"}},
+        {"event_type": "ws-all", "data": {}, "to": {"all": true, "workspace": "w1"}},
+        {"event_type": "task.created", "user_id": user_id, "task": {}},
+        {"event_type": "status.update", "data": {"ok": true}, "to": {"room": "status"}},
+        {"event_type": "announcement", "data": {}, "to": {"all": true}},
+    ]);
+    let (status, _) = gw.publish(crate::audiences::API_KEY, &events).await;
+    assert_eq!(status, 202);
+    assert_eq!(dash.recv().await["type"], "status.update");
+    assert_eq!(dash.recv().await["type"], "announcement");
+    dash.assert_nothing_pending().await;
+    gw.stop().await;
+}
