@@ -68,7 +68,13 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub degraded: Family<PartLabels, Gauge>,
     pub api_publish: Family<ResultLabels, Counter>,
+    pub kafka_keyless: Family<TopicLabels, Counter>,
     pub task_restarts: Family<TaskLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +113,7 @@ impl Default for Metrics {
             delivery_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             degraded: Family::default(),
             api_publish: Family::default(),
+            kafka_keyless: Family::default(),
             task_restarts: Family::default(),
         };
         let mut m = m;
@@ -176,6 +183,11 @@ impl Default for Metrics {
             "degraded",
             "1 for each part that works badly although the replica is ready (see /ready)",
             m.degraded.clone(),
+        );
+        r.register(
+            "kafka_records_keyless",
+            "Records without a key (one user's events may be spread over partitions)",
+            m.kafka_keyless.clone(),
         );
         r.register(
             "api_publish_events",
@@ -283,11 +295,26 @@ impl Stats {
         tracing::warn!(user_id, "slow client disconnected: outbound queue full");
     }
 
-    pub fn kafka_record(&self, topic: &str, partition: i32) {
-        self.records_consumed.fetch_add(1, Relaxed);
+    /// The consumed-records counter of one partition (cheap to clone: the consume loop keeps
+    /// it, so the per-record path does no label lookup).
+    pub fn kafka_partition_counter(&self, topic: &str, partition: i32) -> Counter {
         self.metrics
             .kafka_consumed
             .get_or_create(&partition_labels(topic, partition))
+            .clone()
+    }
+
+    pub fn kafka_record_seen(&self) {
+        self.records_consumed.fetch_add(1, Relaxed);
+    }
+
+    /// A record without a key (from Kafka, or a Dapr delivery without `__key`).
+    pub fn kafka_keyless(&self, topic: &str) {
+        self.metrics
+            .kafka_keyless
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
+            })
             .inc();
     }
 

@@ -46,8 +46,8 @@ impl Router {
         }
     }
 
-    pub fn record_consumed(&self, topic: &str, partition: i32) {
-        self.stats.kafka_record(topic, partition);
+    pub fn stats(&self) -> &Stats {
+        &self.stats
     }
 
     /// Decodes a record value and routes it. A malformed value is logged with where it came

@@ -79,6 +79,7 @@ pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
         return refused;
     }
     let origin = origin_from(req.headers());
+    note_keyless(&state, req.headers());
     let Ok(probe) = serde_json::from_slice::<Probe<'_>>(&body) else {
         state.stats.event_malformed(&origin, &"body is not a JSON object");
         return status(&state, DROP);
@@ -98,6 +99,60 @@ pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
 
 const BULK_TYPE: &str = "com.dapr.event.sent.bulk";
 
+/// A delivery of a Kafka record without a key (`__partition` present, `__key` absent): counted
+/// like one read from Kafka, and warned about once.
+fn note_keyless(state: &AppState, headers: &HeaderMap) {
+    if headers.contains_key("__partition") && !headers.contains_key("__key") {
+        let topic = headers
+            .get("__topic")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown");
+        state.stats.kafka_keyless(topic);
+        warn_once(
+            &KEYLESS_DELIVERY,
+            "a Dapr delivery of a Kafka record without a key: one user's events may be spread over \
+             partitions and arrive out of order; publish with ?metadata.partitionKey=<user id>",
+        );
+    }
+}
+
+/// Answers a POST to a path this listener does not serve. One that looks like a Dapr delivery
+/// gets 503, which the sidecar retries: a 404 would make it drop the event for good. Logged
+/// once per path (at most 32 paths).
+pub async fn unknown_route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let headers = req.headers();
+    let from_dapr = req.method() == actix_web::http::Method::POST
+        && (headers.contains_key("pubsubname")
+            || headers.contains_key("dapr-api-token")
+            || headers
+                .get(actix_web::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/cloudevents")));
+    if !from_dapr {
+        return HttpResponse::NotFound().json(json!({"error": "not found"}));
+    }
+    let path = req.path().chars().take(256).collect::<String>();
+    let first = {
+        let mut seen = UNKNOWN_PATHS.lock();
+        seen.len() < 32 && seen.insert(path.clone())
+    };
+    if first {
+        tracing::warn!(
+            path,
+            dapr_route = %state.settings.dapr.route,
+            "a Dapr delivery to a path this gateway does not serve: answering 503 so the sidecar \
+             retries; point the subscription's route at DAPR_ROUTE"
+        );
+    }
+    state.stats.dapr_answer("UNKNOWN_ROUTE");
+    HttpResponse::ServiceUnavailable()
+        .insert_header(("Retry-After", "5"))
+        .json(json!({"error": "no Dapr delivery route here", "dapr_route": state.settings.dapr.route}))
+}
+
+static UNKNOWN_PATHS: std::sync::LazyLock<parking_lot::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+static KEYLESS_DELIVERY: std::sync::Once = std::sync::Once::new();
 static SUBSCRIBE_WHILE_OFF: std::sync::Once = std::sync::Once::new();
 static DELIVERY_WHILE_OFF: std::sync::Once = std::sync::Once::new();
 

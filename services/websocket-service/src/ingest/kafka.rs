@@ -182,6 +182,7 @@ impl Source {
 /// connection does not spin.
 async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: CancellationToken) {
     let mut failures: u32 = 0;
+    let mut partitions = PartitionStats::default();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -202,7 +203,7 @@ async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: Cancella
                 }
             }
         };
-        router.record_consumed(msg.topic(), msg.partition());
+        partitions.record(router.stats(), msg.topic(), msg.partition(), msg.key().is_none());
         let origin = Origin::Kafka {
             topic: msg.topic(),
             partition: msg.partition(),
@@ -211,6 +212,61 @@ async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: Cancella
         };
         // A malformed record is logged and counted inside; consumption goes on.
         let _ = router.route_bytes(msg.payload().unwrap_or_default(), origin);
+    }
+}
+
+/// Per-partition bookkeeping of the consume loop, kept out of the per-record path: the counter of
+/// each partition is looked up once, and keyless records are noticed.
+#[derive(Default)]
+struct PartitionStats {
+    /// Topic -> each partition's consumed counter (by partition number).
+    counters: HashMap<String, Vec<Option<prometheus_client::metrics::counter::Counter>>>,
+    /// Topics known to have more than one partition (a record was read from partition > 0).
+    multi: HashSet<String>,
+    /// Topics already warned about keyless records.
+    warned: HashSet<String>,
+}
+
+impl PartitionStats {
+    fn record(&mut self, stats: &Stats, topic: &str, partition: i32, keyless: bool) {
+        // The common case: the counter is known (no allocation, no label hashing).
+        let index = usize::try_from(partition).unwrap_or(0);
+        let known = self
+            .counters
+            .get(topic)
+            .and_then(|by_partition| by_partition.get(index))
+            .and_then(Option::as_ref);
+        match known {
+            Some(counter) => {
+                counter.inc();
+            }
+            None => {
+                let counter = stats.kafka_partition_counter(topic, partition);
+                counter.inc();
+                let by_partition = self.counters.entry(topic.to_string()).or_default();
+                if by_partition.len() <= index {
+                    by_partition.resize(index + 1, None);
+                }
+                by_partition[index] = Some(counter);
+            }
+        }
+        stats.kafka_record_seen();
+        if partition > 0 && !self.multi.contains(topic) {
+            self.multi.insert(topic.to_string());
+        }
+        if keyless {
+            stats.kafka_keyless(topic);
+            // Keyless records on a topic of several partitions: one user's events may be spread
+            // over partitions and arrive out of order.
+            if self.multi.contains(topic) && self.warned.insert(topic.to_string()) {
+                tracing::warn!(
+                    topic,
+                    "records without a key on a topic of several partitions: one user's events may \
+                     arrive out of order. Key records by user (the publisher crate does; Dapr \
+                     publishers: add ?metadata.partitionKey=<user id>)"
+                );
+            }
+        }
     }
 }
 

@@ -494,3 +494,34 @@ async fn generic_events_through_dapr() {
     other.assert_nothing_pending().await;
     gw.stop().await;
 }
+
+/// Issue 15 item 8: a delivery that reaches a path the gateway does not serve (a subscription
+/// pointed at the wrong route) is answered 503, which the sidecar retries, never 404, which it
+/// would take as "drop for good"; on both listeners. Other unknown paths stay 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_to_an_unknown_path_is_retried_not_dropped() {
+    let gw = dapr_gateway().await;
+    let event = cloudevent(
+        "lost-1",
+        json!({"event_type": "task.created", "user_id": "x", "task": {}}),
+    );
+    for addr in [gw.addr, gw.internal] {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{addr}/orders/route-typo"))
+            .header("content-type", "application/cloudevents+json")
+            .header("dapr-api-token", TOKEN)
+            .header("pubsubname", "taskpubsub")
+            .body(event.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503, "{addr}");
+        assert_eq!(resp.headers()["retry-after"], "5");
+    }
+    assert_eq!(gw.get("/nothing-here").await.0, 404);
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gateway_dapr_deliveries_total{status=\"UNKNOWN_ROUTE\"} 2"));
+    gw.stop().await;
+}

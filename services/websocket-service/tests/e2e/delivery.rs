@@ -342,3 +342,45 @@ async fn partitions_added_later_are_picked_up() {
     assert_eq!(client.recv().await["task"]["in"], "new partition");
     gw.stop().await;
 }
+
+/// Issue 15 item 9: records without a key on a topic of several partitions are counted (a
+/// user's events could arrive out of order); keyed ones are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_records_are_counted() {
+    use rdkafka::producer::FutureRecord;
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 3).await;
+    let gw = TestGateway::on_topic(&topic).await;
+    let mut client = connect(&gw.url(&token("k"))).await;
+    let producer = producer(&brokers);
+    produce(
+        &producer,
+        &topic,
+        "k",
+        &task_event("k", "task.created", json!({"n": 0})),
+    )
+    .await;
+    for (n, partition) in [(1, 0), (2, 1), (3, 2)] {
+        let payload = task_event("k", "task.created", json!({"n": n}));
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic)
+                    .partition(partition)
+                    .payload(&payload),
+                Duration::from_secs(20),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+    }
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(client.recv().await["task"]["n"].as_i64().unwrap());
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2, 3]);
+    let metrics = gw.metrics().await;
+    let line = format!("gateway_kafka_records_keyless_total{{topic=\"{topic}\"}} 3");
+    assert!(metrics.lines().any(|l| l == line), "missing `{line}`:\n{metrics}");
+    gw.stop().await;
+}
