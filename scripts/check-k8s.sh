@@ -14,6 +14,10 @@
 # - no Secret in k8s/ holds anything but REPLACE_ME placeholders;
 # - the manifests agree with each other (names, ports, probes, secrets,
 #   shutdown timing, Dapr subscription mode);
+# - every Ingress in k8s/ (ingress.yaml, listed or not) serves /ws, /events and
+#   /events/poll on the Service's public port only, with ingress-nginx stream
+#   settings (buffering off, timeouts >= 3600 s), and exposes nothing under
+#   /api, /metrics or the Dapr routes;
 # - deploy/grafana/websocket-service.json is valid and queries every metric.
 #
 # Tools go into .tools/venv (shared with scripts/install-tansu.sh), pinned:

@@ -8,6 +8,9 @@
   scripts/dapr-schemas/;
 - no Secret under k8s/ holds anything but REPLACE_ME placeholders;
 - the manifests agree with each other (names, ports, secrets, shutdown timing, subscription mode);
+- every Ingress under k8s/ (listed or not) serves /ws, /events and /events/poll on the public
+  port of a Service the kustomization creates, with ingress-nginx stream settings (buffering
+  off, read/send timeouts >= 3600 s), and exposes nothing under /api, /metrics or the Dapr routes;
 - the output of `kustomize build k8s/` (when given) validates too and is namespaced, labelled
   and tagged;
 - the Grafana dashboard is valid JSON and queries every gateway metric.
@@ -47,6 +50,51 @@ DASHBOARD_METRICS = [
     "gateway_delivery_latency_seconds_bucket", "gateway_ready", "gateway_degraded",
     "gateway_task_restarts_total", "gateway_api_publish_events_total",
 ]
+
+# The Ingress (k8s/ingress.yaml, or any Ingress under k8s/).
+# Routes of the public listener an Ingress must serve (WebSocket, SSE, long polling), and the
+# only other ones it may serve (probes). Everything else stays inside the cluster.
+INGRESS_REQUIRED = ("/ws", "/events", "/events/poll")
+INGRESS_ALLOWED = set(INGRESS_REQUIRED) | {"/health", "/ready"}
+# Never reachable from outside (DAPR_ROUTE is added from the ConfigMap): the server API and
+# metrics live on the internal port; the Dapr routes are for the sidecar, over localhost.
+INGRESS_FORBIDDEN = ("/api", "/metrics", "/dapr")
+# WebSocket and SSE streams stay open for long quiet periods (ingress-nginx docs recommend one
+# hour or more for WebSockets).
+INGRESS_MIN_TIMEOUT_SECS = 3600
+NGINX_PREFIX = "nginx.ingress.kubernetes.io/"
+# Every annotation ingress-nginx knows (docs/user-guide/nginx-configuration/annotations.md,
+# controller v1.15). The controller silently ignores any other name, so a typo would leave
+# e.g. the 60 s default timeout in place.
+NGINX_ANNOTATIONS = frozenset("""
+    affinity affinity-canary-behavior affinity-mode app-root auth-cache-duration auth-cache-key
+    auth-keepalive auth-keepalive-requests auth-keepalive-share-vars auth-keepalive-timeout
+    auth-proxy-set-headers auth-realm auth-secret auth-secret-type auth-snippet
+    auth-tls-error-page auth-tls-match-cn auth-tls-pass-certificate-to-upstream auth-tls-secret
+    auth-tls-verify-client auth-tls-verify-depth auth-type auth-url backend-protocol canary
+    canary-by-cookie canary-by-header canary-by-header-pattern canary-by-header-value
+    canary-weight canary-weight-total client-body-buffer-size configuration-snippet
+    connection-proxy-header cors-allow-credentials cors-allow-headers cors-allow-methods
+    cors-allow-origin cors-expose-headers cors-max-age custom-headers custom-http-errors
+    default-backend denylist-source-range enable-access-log enable-cors enable-global-auth
+    enable-modsecurity enable-opentelemetry enable-owasp-core-rules enable-rewrite-log
+    force-ssl-redirect from-to-www-redirect http2-push-preload limit-connections limit-rps
+    load-balance mirror-host mirror-request-body mirror-target modsecurity-snippet
+    modsecurity-transaction-id opentelemetry-trust-incoming-span permanent-redirect
+    permanent-redirect-code preserve-trailing-slash proxy-body-size proxy-buffer-size
+    proxy-buffering proxy-buffers-number proxy-busy-buffers-size proxy-connect-timeout
+    proxy-cookie-domain proxy-cookie-path proxy-http-version proxy-max-temp-file-size
+    proxy-next-upstream proxy-next-upstream-timeout proxy-next-upstream-tries
+    proxy-read-timeout proxy-redirect-from proxy-redirect-to proxy-request-buffering
+    proxy-send-timeout proxy-ssl-ciphers proxy-ssl-name proxy-ssl-protocols proxy-ssl-secret
+    proxy-ssl-server-name proxy-ssl-verify proxy-ssl-verify-depth rewrite-target satisfy
+    server-alias server-snippet service-upstream session-cookie-change-on-failure
+    session-cookie-conditional-samesite-none session-cookie-domain session-cookie-expires
+    session-cookie-max-age session-cookie-name session-cookie-path session-cookie-samesite
+    session-cookie-secure ssl-ciphers ssl-passthrough ssl-prefer-server-ciphers ssl-redirect
+    stream-snippet temporal-redirect temporal-redirect-code upstream-hash-by upstream-vhost
+    use-regex whitelist-source-range x-forwarded-prefix
+""".split())
 
 
 class Report:
@@ -442,6 +490,179 @@ def check_consistency(r: Report, listed: list[dict], example_secrets: list[dict]
              "ports, probes, selectors, secrets, subscription mode agree")
 
 
+def path_serves(path: str, path_type: str, route: str) -> bool:
+    """Whether a request for exactly `route` matches the Ingress path (Kubernetes semantics:
+    Prefix matches whole path elements, a trailing slash is ignored)."""
+    if path_type == "Exact":
+        return path == route
+    prefix = path.rstrip("/")
+    return route == prefix or route.startswith(prefix + "/")
+
+
+def path_exposes(path: str, path_type: str, root: str) -> bool:
+    """Whether some request for `root` or a path below it matches the Ingress path."""
+    below = path == root or path.startswith(root + "/")
+    return below or (path_type == "Prefix" and path_serves(path, path_type, root))
+
+
+def check_ingress(r: Report, k8s_docs: list[tuple[Path, dict]], listed: list[dict],
+                  kustomization: dict) -> None:
+    """Every Ingress under k8s/ (listed in the kustomization or not) exposes the browser
+    transports, on the public port only, with stream-friendly ingress-nginx settings, and
+    nothing internal."""
+    ingresses = [(p, d) for p, d in k8s_docs if d.get("kind") == "Ingress"]
+    if not ingresses:
+        print("skip  k8s/ ingress: no Ingress under k8s/")
+        return
+    # What the gateway listens on, from the Deployment and its ConfigMaps.
+    dep = first(listed, "Deployment")
+    container = next((c for c in dep["spec"]["template"]["spec"]["containers"]
+                      if c["name"] == APP), None) if dep else None
+    ports = {p.get("name"): p["containerPort"] for p in (container or {}).get("ports") or []}
+    configmaps = {d["metadata"]["name"]: d.get("data") or {}
+                  for d in listed if d.get("kind") == "ConfigMap"}
+    config: dict[str, str] = {}
+    for src in (container or {}).get("envFrom") or []:
+        config.update(configmaps.get((src.get("configMapRef") or {}).get("name"), {}))
+    public_port = int(config.get("PORT", 8005))
+    internal_port = int(config.get("INTERNAL_PORT", 9005))
+    heartbeat = int(config.get("HEARTBEAT_INTERVAL_SECS", 20))
+    forbidden = list(INGRESS_FORBIDDEN) + [config.get("DAPR_ROUTE", "/task-updates")]
+    services = {d["metadata"]["name"]: d for d in listed if d.get("kind") == "Service"}
+    unlisted_services = {d["metadata"]["name"] for _, d in k8s_docs
+                         if d.get("kind") == "Service"} - set(services)
+    namespace = kustomization.get("namespace")
+    listed_ids = {id(d) for d in listed}
+
+    for path, ing in ingresses:
+        problems: list[str] = []
+        meta, spec = ing.get("metadata") or {}, ing.get("spec") or {}
+        what = f"k8s/ ingress {meta.get('name', '?')}"
+        ann = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
+        if namespace and meta.get("namespace") not in (None, namespace):
+            problems.append(f"namespace {meta['namespace']} != {namespace}: an Ingress only "
+                            "reaches Services of its own namespace")
+
+        # Backends: an existing Service, on its public port only.
+        if spec.get("defaultBackend"):
+            problems.append("spec.defaultBackend is set: every path without a rule, /api and "
+                            "/metrics included, would reach it; remove it")
+
+        def backend_problem(where: str, backend: dict) -> str | None:
+            svc_ref = backend.get("service")
+            if not svc_ref:
+                return f"{where}: backend is not a Service"
+            name, port = svc_ref.get("name"), svc_ref.get("port") or {}
+            if name not in services:
+                hint = (" (it is in k8s/ but not in the kustomization's resources)"
+                        if name in unlisted_services else "")
+                return (f"{where}: routes to Service {name}, which the kustomization does not "
+                        f"create{hint}; known: {', '.join(sorted(services)) or 'none'}")
+            if port.get("number") == internal_port or port.get("name") == "internal":
+                return (f"{where}: routes to the internal port "
+                        f"({port.get('number', port.get('name'))}: /metrics, server API); use "
+                        f"the Service's public port ({public_port})")
+            svc_port = next((p for p in services[name]["spec"].get("ports") or []
+                             if ("number" in port and p.get("port") == port["number"])
+                             or ("name" in port and p.get("name") == port["name"])), None)
+            if svc_port is None:
+                return (f"{where}: Service {name} has no port "
+                        f"{port.get('number', port.get('name'))}")
+            target = svc_port.get("targetPort", svc_port.get("port"))
+            target_num = ports.get(target) if isinstance(target, str) else target
+            if target_num != public_port:
+                return (f"{where}: Service {name} port {svc_port.get('name') or svc_port['port']}"
+                        f" leads to container port {target} ({target_num}), not the public "
+                        f"port {public_port}")
+            return None
+
+        hosts: list[str] = []
+        served: list[tuple[str, str]] = []  # (path, pathType) that reach the public port
+        for i, rule in enumerate(spec.get("rules") or []):
+            host = rule.get("host")
+            if not host:
+                problems.append(f"rules[{i}] has no host: it would answer for every host name")
+            else:
+                hosts.append(host)
+            for http_path in (rule.get("http") or {}).get("paths") or []:
+                p, ptype = http_path.get("path", "/"), http_path.get("pathType")
+                where = f"{host or '*'}{p} ({ptype})"
+                if ptype not in ("Exact", "Prefix"):
+                    problems.append(f"{where}: use pathType Exact or Prefix; "
+                                    f"{ptype} matching is controller-specific and unchecked")
+                    continue
+                bad = backend_problem(where, http_path.get("backend") or {})
+                if bad:
+                    problems.append(bad)
+                else:
+                    served.append((p, ptype))
+                exposed = [f for f in forbidden if path_exposes(p, ptype, f)]
+                if exposed:
+                    problems.append(f"{where}: exposes {', '.join(exposed)}, which must stay "
+                                    "inside the cluster (server API, metrics, Dapr routes)")
+                elif p.rstrip("/") not in INGRESS_ALLOWED and p not in INGRESS_ALLOWED:
+                    problems.append(f"{where}: not a browser route of the gateway (allowed: "
+                                    f"{', '.join(sorted(INGRESS_ALLOWED))})")
+        for route in INGRESS_REQUIRED:
+            if not any(path_serves(p, t, route) for p, t in served):
+                problems.append(f"{route} is not served (to the public port of an existing "
+                                "Service)")
+        tls_hosts = {h for t in spec.get("tls") or [] if t.get("secretName")
+                     for h in t.get("hosts") or []}
+        for host in hosts:
+            if host not in tls_hosts:
+                problems.append(f"host {host} has no tls entry with a secretName: browsers on "
+                                "an https page cannot open ws:// or plain http streams")
+
+        # ingress-nginx settings for long-lived streams.
+        klass = spec.get("ingressClassName") or ann.get("kubernetes.io/ingress.class")
+        timeouts = {}
+        if klass != "nginx":
+            problems.append(f"ingressClassName is {klass!r}: this check knows ingress-nginx "
+                            "(nginx) only; adapt check_ingress (timeouts, buffering) to the "
+                            "new controller")
+        else:
+            unknown = sorted(k for k in ann if k.startswith(NGINX_PREFIX)
+                             and k[len(NGINX_PREFIX):] not in NGINX_ANNOTATIONS)
+            if unknown:
+                problems.append(f"unknown ingress-nginx annotation(s), silently ignored by the "
+                                f"controller: {', '.join(unknown)}")
+            for key in ("proxy-read-timeout", "proxy-send-timeout"):
+                raw = ann.get(NGINX_PREFIX + key)
+                try:
+                    timeouts[key] = int(raw) if raw is not None else 60
+                except ValueError:
+                    problems.append(f"{key} {raw!r} is not a number of seconds")
+                    continue
+                if timeouts[key] < INGRESS_MIN_TIMEOUT_SECS or timeouts[key] <= heartbeat:
+                    problems.append(f"{key} is {timeouts[key]} s"
+                                    f"{'' if raw is not None else ' (the default)'}: quiet "
+                                    "WebSocket/SSE streams would be cut; set it to at least "
+                                    f"{max(INGRESS_MIN_TIMEOUT_SECS, heartbeat + 1)}")
+            buffering = ann.get(NGINX_PREFIX + "proxy-buffering")
+            if buffering != "off":
+                problems.append(f"proxy-buffering is {buffering!r}, must be \"off\": SSE events "
+                                "would wait in nginx's buffers")
+            version = ann.get(NGINX_PREFIX + "proxy-http-version", "1.1")
+            if version != "1.1":
+                problems.append(f"proxy-http-version {version!r}: WebSocket upgrades need 1.1")
+            if NGINX_PREFIX + "connection-proxy-header" in ann:
+                problems.append("connection-proxy-header replaces the Connection: upgrade "
+                                "header ingress-nginx sends; /ws upgrades would fail")
+            for key in ("use-regex", "rewrite-target"):
+                if NGINX_PREFIX + key in ann and ann[NGINX_PREFIX + key] != "false":
+                    problems.append(f"{key} turns every path of the host into a regular "
+                                    "expression (a prefix match); the exposure checks above "
+                                    "would not hold")
+
+        note = "" if id(ing) in listed_ids else " [not in kustomization]"
+        r.result(what, problems,
+                 f"{', '.join(hosts)}: {', '.join(p for p, _ in served)} -> public port "
+                 f"{public_port} of {', '.join(sorted(services))}; TLS; read/send timeout "
+                 f"{timeouts.get('proxy-read-timeout')}/{timeouts.get('proxy-send-timeout')} s, "
+                 f"buffering off; {', '.join(forbidden)} not exposed{note}")
+
+
 def check_rendered(r: Report, checker: Checker, path: Path, kustomization: dict) -> None:
     docs = load_docs(path)
     problems: list[str] = []
@@ -567,6 +788,7 @@ def main() -> int:
 
     # 2. Every manifest under k8s/: listed ones, the secret template, unlisted extras.
     listed_docs: list[dict] = []
+    all_docs: list[tuple[Path, dict]] = []
     listed_paths = {(k8s / n).resolve() for n in listed_names}
     example_secrets: list[dict] = []
     for path in sorted(p for p in k8s.rglob("*") if p.suffix in (".yaml", ".yml")):
@@ -574,12 +796,14 @@ def main() -> int:
             continue
         note = "" if path.resolve() in listed_paths else " [not in kustomization]"
         docs = checker.check_file(path, note)
+        all_docs += [(path, d) for d in docs]
         if path.resolve() in listed_paths:
             listed_docs += docs
         if path.name == "secret.example.yaml":
             example_secrets = docs
     check_no_real_secrets(r, k8s, kustomization)
     guarded(r, "k8s/ consistency", check_consistency, r, listed_docs, example_secrets)
+    guarded(r, "k8s/ ingress", check_ingress, r, all_docs, listed_docs, kustomization)
 
     # 3. Dapr resources outside k8s/ (dapr-components/, recursively).
     if dapr_dir.is_dir():

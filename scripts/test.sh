@@ -7,6 +7,8 @@ set -euo pipefail
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
+# The AsyncAPI catalogue of both wires, checked by the AsyncAPI parser from npm.
+"$(dirname "${BASH_SOURCE[0]}")/check-asyncapi.sh"
 cargo test --workspace --lib --bins --tests 2>&1 | tee -a "$log"
 cargo test --workspace --doc 2>&1 | tee -a "$log"
 grep -E '^test result:' "$log" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'

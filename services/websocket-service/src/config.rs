@@ -54,6 +54,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("KAFKA_METADATA_REFRESH_SECS", "kafka.metadata_refresh_secs"),
     ("KAFKA_CREATE_TOPICS", "kafka.create_topics"),
     ("KAFKA_START_FROM", "kafka.start_from"),
+    ("GATEWAY_CONTROL_TOPIC", "kafka.control_topic"),
     ("DAPR_ENABLED", "dapr.enabled"),
     ("DAPR_INSECURE_NO_APP_TOKEN", "dapr.insecure_no_app_token"),
     ("DAPR_SUBSCRIBE", "dapr.subscribe"),
@@ -67,6 +68,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("APP_API_TOKEN", "dapr.app_api_token"),
     ("ROOMS_PUBLIC", "rooms.public"),
     ("MAX_ROOMS_PER_SESSION", "rooms.max_per_session"),
+    ("ROOMS_USER_SCOPED", "rooms.user_scoped"),
+    ("USER_ROOMS_TTL_SECS", "rooms.user_ttl_secs"),
     ("MAX_EVENT_FILTERS", "server.max_event_filters"),
     ("ANONYMOUS_ENABLED", "anonymous.enabled"),
     ("ANONYMOUS_MAX_CONNECTIONS", "anonymous.max_connections"),
@@ -82,7 +85,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["kafka.topics", "rooms.public"];
+const LIST_KEYS: &[&str] = &["kafka.topics", "rooms.public", "rooms.user_scoped"];
 
 /// Prefix of librdkafka pass-through properties in the environment.
 pub const RDKAFKA_ENV_PREFIX: &str = "RDKAFKA_";
@@ -111,6 +114,12 @@ pub struct RoomsSettings {
     pub public: Vec<String>,
     /// Rooms one session may be in at once; one more is answered `limit`.
     pub max_per_session: usize,
+    /// Room names or `prefix*` patterns joined by the user rather than the session: a join
+    /// applies to all of the user's sessions on every replica and survives reconnects, until
+    /// `leave_room` or `user_ttl_secs` after the user's last session ended.
+    pub user_scoped: Vec<String>,
+    /// How long a user-scoped membership outlives the user's last session.
+    pub user_ttl_secs: u64,
 }
 
 /// Sessions without a token (status dashboards). Off by default.
@@ -246,6 +255,9 @@ pub struct KafkaSettings {
     /// produced from now on) or `earliest` (every retained record; for benchmarks and drills:
     /// connected clients would receive old events).
     pub start_from: String,
+    /// The topic the replicas share state through (user-scoped rooms); compacted. Read from its
+    /// beginning at start.
+    pub control_topic: String,
     /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*,
     /// fetch.wait.max.ms, ...).
     #[serde(default)]
@@ -334,6 +346,7 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("kafka.metadata_refresh_secs", DefaultValue::Int(10)),
     ("kafka.create_topics", DefaultValue::Bool(false)),
     ("kafka.start_from", DefaultValue::Str("live")),
+    ("kafka.control_topic", DefaultValue::Str("gateway-control")),
     ("dapr.enabled", DefaultValue::Bool(false)),
     ("dapr.insecure_no_app_token", DefaultValue::Bool(false)),
     ("dapr.subscribe", DefaultValue::Bool(true)),
@@ -346,6 +359,8 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.max_event_filters", DefaultValue::Int(100)),
     ("rooms.public", DefaultValue::List(&[])),
     ("rooms.max_per_session", DefaultValue::Int(100)),
+    ("rooms.user_scoped", DefaultValue::List(&[])),
+    ("rooms.user_ttl_secs", DefaultValue::Int(86_400)),
     ("anonymous.enabled", DefaultValue::Bool(false)),
     ("anonymous.max_connections", DefaultValue::Int(1000)),
     ("api.publish_topic", DefaultValue::Str("")),
@@ -538,12 +553,19 @@ impl Settings {
             0,
             10_000_000,
         )?;
-        for pattern in &self.rooms.public {
+        within("USER_ROOMS_TTL_SECS", self.rooms.user_ttl_secs, 4, 30 * DAY)?;
+        if self.kafka_enabled() && self.kafka.control_topic.is_empty() {
+            return fail("GATEWAY_CONTROL_TOPIC must not be empty");
+        }
+        if self.kafka.topics.contains(&self.kafka.control_topic) {
+            return fail("GATEWAY_CONTROL_TOPIC must not be one of KAFKA_TOPICS");
+        }
+        for pattern in self.rooms.public.iter().chain(&self.rooms.user_scoped) {
             let name = pattern.strip_suffix('*').unwrap_or(pattern);
             let every_room = pattern == "*";
             if !every_room && !task_events::valid_room_name(name) {
                 return fail(&format!(
-                    "ROOMS_PUBLIC: {pattern:?} is not a room name or `prefix*` pattern (letters, digits, _ - . : @ /)"
+                    "ROOMS_PUBLIC / ROOMS_USER_SCOPED: {pattern:?} is not a room name or `prefix*` pattern (letters, digits, _ - . : @ /)"
                 ));
             }
         }

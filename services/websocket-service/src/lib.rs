@@ -62,6 +62,10 @@ pub struct AppState {
     pub publisher: Option<ingest::publish::Producer>,
     /// Tokens refused for good a moment ago (see `transport::refusals`).
     pub refusals: transport::refusals::Refusals,
+    /// Rooms that belong to the user (`ROOMS_USER_SCOPED`).
+    pub user_rooms: Arc<hub::memberships::UserRooms>,
+    /// Writes control records, when the control topic is used.
+    pub control: Option<Arc<ingest::control::Control>>,
 }
 
 /// A configured gateway, not yet serving.
@@ -69,6 +73,8 @@ pub struct Gateway {
     state: Arc<AppState>,
     /// The Kafka source, when configured; its discovery runs from construction on.
     kafka: Option<kafka::Source>,
+    /// The control topic's consume loop, when it is read (user-scoped rooms with Kafka).
+    control_loop: Option<supervise::Restartable>,
     /// Stops the sources. Cancelled after the drain: they keep feeding the sessions still open.
     sources: CancellationToken,
 }
@@ -99,6 +105,20 @@ impl Gateway {
             settings.dedup.capacity,
         );
         let router = Arc::new(router::Router::new(registry.clone(), stats.clone(), dedup));
+        let user_rooms = Arc::new(hub::memberships::UserRooms {
+            registry: registry.clone(),
+            memberships: hub::memberships::Memberships::new(
+                settings
+                    .rooms
+                    .user_scoped
+                    .iter()
+                    .map(|p| auth::grants::RoomPattern::parse(p))
+                    .collect(),
+                settings.rooms.user_ttl_secs,
+                settings.rooms.max_per_session,
+            ),
+            max_rooms: settings.rooms.max_per_session,
+        });
         let sources = CancellationToken::new();
         let kafka = if settings.kafka_enabled() {
             Some(kafka::start(
@@ -120,6 +140,13 @@ impl Gateway {
         let publisher = ingest::publish::Producer::from_settings(&settings)?;
         let settings_refusal_secs = settings.server.refusal_memory_secs;
         let settings_refusal_capacity = settings.server.refusal_memory_capacity;
+        let (control, control_loop) = if settings.kafka_enabled() && user_rooms.memberships.enabled() {
+            let (control, run) =
+                ingest::control::start(&settings, user_rooms.clone(), readiness.clone(), sources.clone())?;
+            (Some(control), Some(run))
+        } else {
+            (None, None)
+        };
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -131,6 +158,8 @@ impl Gateway {
             upgrading: std::sync::atomic::AtomicUsize::new(0),
             public_rooms,
             publisher,
+            user_rooms,
+            control,
             refusals: transport::refusals::Refusals::new(
                 std::time::Duration::from_secs(settings_refusal_secs),
                 settings_refusal_capacity,
@@ -139,6 +168,7 @@ impl Gateway {
         Ok(Gateway {
             state,
             kafka,
+            control_loop,
             sources,
         })
     }
@@ -156,7 +186,11 @@ impl Gateway {
     /// Serves until `shutdown` is cancelled, then drains: `/ready` fails at once, new sessions
     /// are refused, open sessions are closed with 1001 spread over `DRAIN_WINDOW_SECS` (the drain
     /// ends as soon as none remains), and it returns within `SHUTDOWN_GRACE_SECS`.
-    pub async fn run(self, listeners: http::Listeners, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        listeners: http::Listeners,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let settings = &self.state.settings;
         let mut tasks = Vec::new();
         if let Some(source) = &self.kafka {
@@ -166,6 +200,21 @@ impl Gateway {
                 self.state.stats.clone(),
                 self.sources.clone(),
                 consume,
+            )));
+        }
+        if let Some(run) = self.control_loop.take() {
+            tasks.push(tokio::spawn(supervise::supervise(
+                "control_consume",
+                self.state.stats.clone(),
+                self.sources.clone(),
+                run,
+            )));
+        }
+        if self.state.user_rooms.memberships.enabled() {
+            tasks.push(tokio::spawn(ingest::control::maintain(
+                self.state.user_rooms.clone(),
+                self.state.control.clone(),
+                self.sources.clone(),
             )));
         }
         let public = http::public_server(self.state.clone(), listeners.public)?;

@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::Stats;
 
+/// A background task that can be started again: each call returns a fresh run of it.
+pub type Restartable = Box<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// A run this long counts as healthy: the next failure starts the pauses over.

@@ -5,7 +5,10 @@
 //! - [`router`]: a decoded event, to the message, to the mailboxes of its audience; shared by
 //!   every source.
 //! - [`dedup`]: one event, one delivery, within a bounded window.
+//! - [`memberships`]: rooms that belong to the user (every session, every replica, across
+//!   reconnects).
 
 pub mod dedup;
+pub mod memberships;
 pub mod registry;
 pub mod router;

@@ -560,6 +560,44 @@ impl Registry {
         outcome
     }
 
+    /// The sessions of `user` bound to `workspace`.
+    fn sessions_of(index: &Index, workspace: Option<&str>, user: &str) -> Vec<SessionId> {
+        index
+            .by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|id| {
+                index
+                    .sessions
+                    .get(id)
+                    .is_some_and(|e| e.profile.workspace.as_deref() == workspace)
+            })
+            .copied()
+            .collect()
+    }
+
+    /// Whether `user` has a session bound to `workspace` here.
+    pub fn has_sessions(&self, workspace: Option<&str>, user: &str) -> bool {
+        !Self::sessions_of(&self.index.read(), workspace, user).is_empty()
+    }
+
+    /// Every session of `user` in `workspace` joins `room` (within `max_rooms` each).
+    pub fn join_user(&self, workspace: Option<&str>, user: &str, room: &str, max_rooms: usize) {
+        let ids = Self::sessions_of(&self.index.read(), workspace, user);
+        for id in ids {
+            let _ = self.join(id, room, max_rooms);
+        }
+    }
+
+    /// Every session of `user` in `workspace` leaves `room`.
+    pub fn leave_user(&self, workspace: Option<&str>, user: &str, room: &str) {
+        let ids = Self::sessions_of(&self.index.read(), workspace, user);
+        for id in ids {
+            self.leave(id, room);
+        }
+    }
+
     /// Every open session's mailbox, to close them in steps (drain).
     pub fn sessions(&self) -> Vec<Arc<Mailbox>> {
         let index = self.index.read();

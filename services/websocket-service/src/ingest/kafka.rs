@@ -70,6 +70,29 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// A producer's configuration: idempotent, `acks=all`, each send bounded by `timeout`, plus the
+/// operator's pass-through properties (security, SASL, TLS; consumer-only ones are ignored by
+/// librdkafka with a notice, so its log level is errors only).
+pub fn producer_config(
+    settings: &crate::config::Settings,
+    client_id: &str,
+    timeout: Duration,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set_log_level(RDKafkaLogLevel::Error);
+    for (key, value) in &settings.kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
 /// Receives librdkafka's global errors ("all brokers down" makes the source not ready at once)
 /// and its statistics, which carry each partition's consumer lag.
 struct Context {
@@ -171,9 +194,9 @@ impl Source {
         &self,
         router: Arc<Router>,
         shutdown: CancellationToken,
-    ) -> impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static {
+    ) -> crate::supervise::Restartable {
         let consumer = self.consumer.clone();
-        move || Box::pin(consume(consumer.clone(), router.clone(), shutdown.clone()))
+        Box::new(move || Box::pin(consume(consumer.clone(), router.clone(), shutdown.clone())))
     }
 }
 

@@ -3,7 +3,9 @@
 //! - [`kafka`]: the direct Kafka source (every partition of every topic, no consumer group).
 //! - [`dapr`]: the Dapr pub/sub path: subscription discovery, delivery route, app token.
 //! - [`publish`]: `POST /api/publish`, the HTTP way for backends (to Kafka, or local).
+//! - [`control`]: the control topic the replicas share state through (user-scoped rooms).
 
+pub mod control;
 pub mod dapr;
 pub mod kafka;
 pub mod publish;

@@ -42,20 +42,7 @@ impl Producer {
             return Ok(None);
         };
         let timeout = Duration::from_millis(settings.api.publish_timeout_ms);
-        let mut config = rdkafka::ClientConfig::new();
-        config
-            .set("bootstrap.servers", &settings.kafka.brokers)
-            .set("client.id", "websocket-service-publish")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", timeout.as_millis().to_string())
-            // The operator's pass-through properties (security.*, sasl.*, ...) apply here too;
-            // consumer-only ones among them are ignored by librdkafka with a notice.
-            .set_log_level(rdkafka::config::RDKafkaLogLevel::Error);
-        for (key, value) in &settings.kafka.properties {
-            config.set(key, value);
-        }
+        let config = crate::ingest::kafka::producer_config(settings, "websocket-service-publish", timeout);
         Ok(Some(Producer {
             producer: config.create()?,
             topic: topic.to_string(),

@@ -143,6 +143,11 @@ pub async fn ws_route(
         }
     };
     drop(upgrading);
+    if state.user_rooms.memberships.enabled() {
+        state
+            .user_rooms
+            .admit(slot.id(), workspace.as_deref(), &identity.user_id);
+    }
     let stream = stream
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
@@ -575,6 +580,7 @@ impl Connection {
                 Some(room) => {
                     let registry = self.slot.slot.registry().clone();
                     registry.leave(self.slot.slot.id(), room);
+                    self.user_scoped(room, false);
                     ServerMessage::LeftRoom {
                         data: RoomData { room },
                     }
@@ -616,15 +622,36 @@ impl Connection {
         let registry = self.slot.slot.registry().clone();
         let max = self.state.settings.rooms.max_per_session;
         match registry.join(self.slot.slot.id(), room, max) {
-            Ok(()) => ServerMessage::JoinedRoom {
-                data: RoomData { room },
+            Ok(()) => {
+                self.user_scoped(room, true);
+                ServerMessage::JoinedRoom {
+                    data: RoomData { room },
+                }
+                .to_text()
             }
-            .to_text(),
             Err(JoinRefused::Limit) => error(
                 "limit",
                 "this session is in the most rooms allowed (MAX_ROOMS_PER_SESSION)",
             ),
             Err(JoinRefused::Gone) => error("gone", "the session is closing"),
+        }
+    }
+
+    /// A join or leave of a room that belongs to the user: applied to the user's other sessions
+    /// here at once, and written to the control topic for the other replicas and for later.
+    fn user_scoped(&self, room: &str, join: bool) {
+        let rooms = &self.state.user_rooms;
+        if !rooms.memberships.is_user_scoped(room) || self.slot.slot.user().starts_with("anonymous:") {
+            return;
+        }
+        let m = rooms.membership(self.workspace.as_deref(), self.slot.slot.user(), room);
+        if join {
+            rooms.apply_join(&m);
+        } else {
+            rooms.apply_leave(&m);
+        }
+        if let Some(control) = &self.state.control {
+            control.publish_membership(&m, join);
         }
     }
 

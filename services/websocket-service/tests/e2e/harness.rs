@@ -686,6 +686,12 @@ pub struct SeedClient {
 
 impl SeedClient {
     pub fn start(url: impl Fn() -> String + Send + 'static) -> Self {
+        Self::start_with(url, Vec::new())
+    }
+
+    /// As [`SeedClient::start`], sending `first` right after the first open only (the helpdesk
+    /// client joins its room once and never again).
+    pub fn start_with(url: impl Fn() -> String + Send + 'static, first: Vec<String>) -> Self {
         let log = Arc::new(std::sync::Mutex::new(SeedLog::default()));
         let shared = log.clone();
         let task = tokio::spawn(async move {
@@ -695,7 +701,16 @@ impl SeedClient {
                 if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url()).await {
                     // onopen
                     retries = 0;
-                    shared.lock().unwrap().opened += 1;
+                    let opened = {
+                        let mut log = shared.lock().unwrap();
+                        log.opened += 1;
+                        log.opened
+                    };
+                    if opened == 1 {
+                        for message in &first {
+                            let _ = ws.send(Message::text(message.clone())).await;
+                        }
+                    }
                     loop {
                         match ws.next().await {
                             Some(Ok(Message::Text(text))) => {

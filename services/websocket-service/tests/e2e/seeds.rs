@@ -1,6 +1,7 @@
 //! The existing frontends as written (issue 15): seed-style clients through refusals, expiries
 //! and overload. `SeedClient` (harness) behaves exactly as docs/wire-contract.md describes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey};
@@ -144,4 +145,94 @@ async fn an_anonymous_dashboard_gets_broadcasts_and_nothing_addressed_to_users()
     assert_eq!(dash.recv().await["type"], "announcement");
     dash.assert_nothing_pending().await;
     gw.stop().await;
+}
+
+/// Item 3: rooms that belong to the user. A helpdesk-style client joins its room once and never
+/// again; after the replica it was on is replaced, the new replica (which rebuilt the
+/// memberships from the control topic) still delivers the room's events to it. A second tab of
+/// the same user on another replica is in the room without joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_joined_once_survives_a_restart() {
+    use crate::audiences::API_KEY;
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let control = unique("control");
+    create_topic_named(&brokers, &control, 1).await;
+    let env = || {
+        let mut env = env_for(Some(&brokers), Some(&topic));
+        set(&mut env, "GATEWAY_CONTROL_TOPIC", &control);
+        set(&mut env, "ROOMS_USER_SCOPED", "support:*");
+        set(&mut env, "SERVER_API_KEY", API_KEY);
+        set(&mut env, "DRAIN_WINDOW_SECS", "0");
+        set(&mut env, "SHUTDOWN_GRACE_SECS", "3");
+        env
+    };
+    let first = TestGateway::start(env()).await;
+    first.wait_ready().await;
+    let other = TestGateway::start(env()).await;
+    other.wait_ready().await;
+    let tok = token_claims("agent-7", json!({"rooms": ["support:*"]}));
+    let url = Arc::new(std::sync::Mutex::new(first.url(&tok)));
+    let current = url.clone();
+    let join = json!({"type": "join_room", "room": "support:42"}).to_string();
+    let helpdesk = SeedClient::start_with(move || current.lock().unwrap().clone(), vec![join]);
+    helpdesk
+        .wait_for(WAIT, |log| {
+            log.messages.iter().any(|m| m["type"] == "joined_room")
+        })
+        .await;
+    // Another tab of the user, on the other replica, never joins.
+    let mut tab = connect(&other.url(&tok)).await;
+    let room_event =
+        |n: i32| json!({"event_type": "ticket.note", "data": {"n": n}, "to": {"room": "support:42"}});
+    // The membership reaches the other replica through the control topic.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert_eq!(first.publish(API_KEY, &room_event(n)).await.0, 202);
+        let got = tokio::time::timeout(Duration::from_millis(1500), tab.recv()).await;
+        if let Ok(msg) = got {
+            assert_eq!(msg["type"], "ticket.note");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other tab never got the room's events"
+        );
+    }
+    // The replica the helpdesk client is on is replaced by a new one.
+    first.stop().await;
+    let replacement = TestGateway::start(env()).await;
+    replacement.wait_ready().await;
+    *url.lock().unwrap() = replacement.url(&tok);
+    let log = helpdesk
+        .wait_for(Duration::from_secs(30), |log| log.opened >= 2)
+        .await;
+    assert!(log.opened >= 2, "the client reconnected: {log:?}");
+    let before = log.messages.len();
+    assert_eq!(replacement.publish(API_KEY, &room_event(1000)).await.0, 202);
+    let log = helpdesk
+        .wait_for(WAIT, |log| {
+            log.messages[before..].iter().any(|m| m["data"]["n"] == 1000)
+        })
+        .await;
+    assert!(
+        log.messages[before..]
+            .iter()
+            .any(|m| m["data"]["n"] == 1000 && m["room"] == "support:42"),
+        "the room's event reached the client after the restart without a new join: {log:?}"
+    );
+    // Leaving ends it (earlier room events may still be queued before the answer).
+    tab.send(&json!({"type": "leave_room", "room": "support:42"}).to_string())
+        .await;
+    loop {
+        let msg = tab.recv().await;
+        if msg["type"] == "left_room" {
+            break;
+        }
+        assert_eq!(msg["type"], "ticket.note", "{msg}");
+    }
+    replacement.stop().await;
+    other.stop().await;
 }

@@ -1,0 +1,223 @@
+//! The control topic: how replicas share state with nothing but Kafka.
+//!
+//! Every replica writes its control records to `GATEWAY_CONTROL_TOPIC` and reads the whole topic
+//! from its beginning, so each one holds the same state, and one that starts late rebuilds it
+//! before it is ready (readiness gate `control`: every partition read up to the high watermark
+//! it had when the replica started). Records are keyed by what they describe and a removal is a
+//! tombstone, so a compacted topic keeps exactly the state in force (`cleanup.policy=compact`).
+//!
+//! Today it carries user-scoped room memberships ([`Membership`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::health::Readiness;
+use crate::hub::memberships::{Membership, UserRooms};
+use crate::ingest::kafka::{client_config, producer_config};
+
+const PART: &str = "control";
+
+/// Writes control records.
+pub struct Control {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Control {
+    /// Writes a membership (join or refresh), or its tombstone (leave). Errors are logged: the
+    /// local state is already applied, and a refresh will write a join again.
+    pub fn publish_membership(self: &Arc<Self>, m: &Membership, join: bool) {
+        let key = m.key();
+        let value = join.then(|| serde_json::to_string(m).unwrap_or_default());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut record = FutureRecord::to(&this.topic).key(&key);
+            if let Some(value) = &value {
+                record = record.payload(value);
+            }
+            if let Err((error, _)) = this.producer.send(record, Duration::from_secs(10)).await {
+                tracing::warn!(%error, key, "control record not written");
+            }
+        });
+    }
+}
+
+/// The periodic upkeep of memberships (refresh, expiry): every quarter of the TTL, at most a
+/// minute.
+pub async fn maintain(rooms: Arc<UserRooms>, control: Option<Arc<Control>>, shutdown: CancellationToken) {
+    let period = Duration::from_secs((rooms.memberships.ttl_secs / 4).clamp(1, 60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => rooms.maintain(|m| {
+                if let Some(control) = &control {
+                    control.publish_membership(m, true);
+                }
+            }),
+        }
+    }
+}
+
+/// Creates the producer and returns the consume loop, which the caller runs under supervision.
+pub fn start(
+    settings: &Settings,
+    state: Arc<UserRooms>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Arc<Control>, crate::supervise::Restartable)> {
+    let topic = settings.kafka.control_topic.clone();
+    let producer: FutureProducer =
+        producer_config(settings, "websocket-service-control", Duration::from_secs(10)).create()?;
+    let consumer: Arc<StreamConsumer> = Arc::new(client_config(&settings.kafka).create()?);
+    let admin = if settings.kafka.create_topics {
+        Some(Arc::new(
+            client_config(&settings.kafka).create::<AdminClient<DefaultClientContext>>()?,
+        ))
+    } else {
+        None
+    };
+    readiness.gate(PART, "reading the control topic");
+    let control = Arc::new(Control {
+        producer,
+        topic: topic.clone(),
+    });
+    let run: crate::supervise::Restartable = Box::new(move || {
+        let (consumer, state, readiness, shutdown, topic, admin) = (
+            consumer.clone(),
+            state.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            topic.clone(),
+            admin.clone(),
+        );
+        Box::pin(async move { consume(consumer, topic, admin, state, readiness, shutdown).await })
+    });
+    Ok((control, run))
+}
+
+/// Assigns every partition of the control topic from its beginning, reads it, and opens the
+/// readiness gate once it reached the watermarks it found at assignment.
+async fn consume(
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    admin: Option<Arc<AdminClient<DefaultClientContext>>>,
+    state: Arc<UserRooms>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut pause = Duration::from_millis(100);
+    // Target offset per partition: caught up once every position reaches it.
+    let mut targets: HashMap<i32, i64> = loop {
+        if let Some(admin) = &admin {
+            let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+            let _ = admin.create_topics(&[new], &AdminOptions::new()).await;
+        }
+        let c = consumer.clone();
+        let t = topic.clone();
+        let found = tokio::task::spawn_blocking(move || assign_from_start(&c, &t)).await;
+        match found {
+            Ok(Ok(targets)) => break targets,
+            Ok(Err(reason)) => readiness.problem(PART, reason),
+            Err(error) => readiness.problem(PART, format!("control assignment task failed: {error}")),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    };
+    targets.retain(|_, high| *high > 0);
+    if targets.is_empty() {
+        readiness.open(PART);
+    }
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = consumer.recv() => received,
+        };
+        let msg = match received {
+            Ok(msg) => msg,
+            Err(error) => {
+                tracing::warn!(%error, "control topic receive failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        apply(&state, msg.key(), msg.payload());
+        if !targets.is_empty() {
+            if targets
+                .get(&msg.partition())
+                .is_some_and(|high| msg.offset() + 1 >= *high)
+            {
+                targets.remove(&msg.partition());
+            }
+            if targets.is_empty() {
+                tracing::info!(memberships = state.memberships.len(), "control topic caught up");
+                readiness.open(PART);
+            }
+        }
+    }
+}
+
+/// One control record. Unknown or malformed records are skipped (a newer replica may write
+/// kinds this one does not know).
+fn apply(state: &UserRooms, key: Option<&[u8]>, value: Option<&[u8]>) {
+    let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+        return;
+    };
+    let Some(named) = Membership::from_key(key) else {
+        return;
+    };
+    match value {
+        None => state.apply_leave(&named),
+        Some(bytes) => match serde_json::from_slice::<Membership>(bytes) {
+            Ok(m) if m.user == named.user && m.room == named.room && m.workspace == named.workspace => {
+                state.apply_join(&m)
+            }
+            _ => tracing::debug!(key, "control record skipped: value does not match its key"),
+        },
+    }
+}
+
+/// Assigns every partition from its beginning; returns each partition's high watermark.
+fn assign_from_start(consumer: &StreamConsumer, topic: &str) -> Result<HashMap<i32, i64>, String> {
+    let timeout = Duration::from_secs(5);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|e| format!("control topic metadata: {e}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(format!("control topic {topic} not found (create it, compacted)"));
+    }
+    let mut targets = HashMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for partition in partitions {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .map_err(|e| format!("control topic watermarks: {e}"))?;
+        targets.insert(partition, high);
+        tpl.add_partition_offset(topic, partition, Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("control topic assignment: {e}"))?;
+    Ok(targets)
+}
