@@ -190,11 +190,7 @@ pub fn start(
 impl Source {
     /// The consume loop, as a future that can be started again: a restarted loop goes on from
     /// the consumer's position, after the record that was being handled.
-    pub fn consume(
-        &self,
-        router: Arc<Router>,
-        shutdown: CancellationToken,
-    ) -> crate::supervise::Restartable {
+    pub fn consume(&self, router: Arc<Router>, shutdown: CancellationToken) -> crate::supervise::Restartable {
         let consumer = self.consumer.clone();
         Box::new(move || Box::pin(consume(consumer.clone(), router.clone(), shutdown.clone())))
     }
