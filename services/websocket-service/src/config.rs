@@ -79,6 +79,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PUBLISH_MAX_EVENTS", "api.publish_max_events"),
     ("PUBLISH_MAX_BODY_BYTES", "api.publish_max_body_bytes"),
     ("PUBLISH_TIMEOUT_MS", "api.publish_timeout_ms"),
+    ("HISTORY_MAX_EVENTS", "history.max_events"),
+    ("HISTORY_MAX_BYTES", "history.max_bytes"),
+    ("HISTORY_MAX_AGE_SECS", "history.max_age_secs"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -99,10 +102,24 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub dapr: DaprSettings,
     pub dedup: DedupSettings,
+    pub history: HistorySettings,
     pub rooms: RoomsSettings,
     pub anonymous: AnonymousSettings,
     pub api: ApiSettings,
     pub log: LogSettings,
+}
+
+/// The recent events every replica keeps: what resumes replay and slow sessions catch up from.
+/// The oldest go first when any bound is reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Most events held; 0 turns history off (no resume; a full session queue closes it, 4008).
+    pub max_events: usize,
+    /// Most bytes held (approximate: payloads plus about 256 bytes each).
+    pub max_bytes: usize,
+    /// Oldest event held, in seconds; a replica that starts reads this much of the log back.
+    pub max_age_secs: u64,
 }
 
 /// Rooms: who may join what, and how many.
@@ -367,6 +384,9 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("api.publish_max_events", DefaultValue::Int(100)),
     ("api.publish_max_body_bytes", DefaultValue::Int(1024 * 1024)),
     ("api.publish_timeout_ms", DefaultValue::Int(5000)),
+    ("history.max_events", DefaultValue::Int(100_000)),
+    ("history.max_bytes", DefaultValue::Int(64 * 1024 * 1024)),
+    ("history.max_age_secs", DefaultValue::Int(300)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -589,6 +609,19 @@ impl Settings {
             64 * 1024 * 1024,
         )?;
         within("PUBLISH_TIMEOUT_MS", api.publish_timeout_ms, 100, 120_000)?;
+        within(
+            "HISTORY_MAX_EVENTS",
+            self.history.max_events as u64,
+            0,
+            100_000_000,
+        )?;
+        within(
+            "HISTORY_MAX_BYTES",
+            self.history.max_bytes as u64,
+            1024 * 1024,
+            1 << 40,
+        )?;
+        within("HISTORY_MAX_AGE_SECS", self.history.max_age_secs, 1, DAY)?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -92,6 +92,7 @@ impl Gateway {
             max_per_user: settings.server.max_connections_per_user,
             max_anonymous: settings.anonymous.max_connections,
             queue_capacity: settings.server.session_queue_capacity,
+            catch_up: settings.history.max_events > 0,
         }));
         let public_rooms = settings
             .rooms
@@ -104,7 +105,17 @@ impl Gateway {
             std::time::Duration::from_secs(settings.dedup.window_secs),
             settings.dedup.capacity,
         );
-        let router = Arc::new(router::Router::new(registry.clone(), stats.clone(), dedup));
+        let history = hub::history::History::new(hub::history::Limits {
+            max_events: settings.history.max_events,
+            max_bytes: settings.history.max_bytes,
+            max_age: std::time::Duration::from_secs(settings.history.max_age_secs),
+        });
+        let router = Arc::new(router::Router::new(
+            registry.clone(),
+            stats.clone(),
+            dedup,
+            history,
+        ));
         let user_rooms = Arc::new(hub::memberships::UserRooms {
             registry: registry.clone(),
             memberships: hub::memberships::Memberships::new(
@@ -123,6 +134,12 @@ impl Gateway {
         let kafka = if settings.kafka_enabled() {
             Some(kafka::start(
                 &settings.kafka,
+                if settings.history.max_events > 0 {
+                    std::time::Duration::from_secs(settings.history.max_age_secs)
+                } else {
+                    std::time::Duration::ZERO
+                },
+                router.clone(),
                 stats.clone(),
                 readiness.clone(),
                 sources.clone(),

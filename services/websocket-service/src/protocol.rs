@@ -72,6 +72,16 @@ pub enum ServerMessage<'a> {
         workspace_id: Option<&'a str>,
         server_time: &'a str,
         timestamp: &'a str,
+        /// The starting resume position.
+        cursor: &'a str,
+        /// For a resume (`since=`): whether everything missed is replayed (then
+        /// `replayed` says how many); when false, `reason` says why and the client reloads.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replayed: Option<usize>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
     },
     JoinedRoom {
         data: RoomData<'a>,
@@ -87,6 +97,9 @@ pub enum ServerMessage<'a> {
     },
     Pong {
         server_time: String,
+        /// The session's current resume position.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
     },
     Error {
         code: &'a str,
@@ -97,6 +110,13 @@ pub enum ServerMessage<'a> {
         task: &'a RawValue,
         id: &'a str,
         timestamp: &'a str,
+        /// Where the client stands once it has this message (resume with `since=`).
+        cursor: &'a str,
+    },
+    /// Sent every heartbeat to sessions that asked for resume positions: the current one.
+    Heartbeat {
+        cursor: &'a str,
+        server_time: &'a str,
     },
 }
 
@@ -110,6 +130,7 @@ pub struct EventMessage<'a> {
     pub data: &'a RawValue,
     pub id: &'a str,
     pub timestamp: &'a str,
+    pub cursor: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

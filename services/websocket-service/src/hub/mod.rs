@@ -5,10 +5,14 @@
 //! - [`router`]: a decoded event, to the message, to the mailboxes of its audience; shared by
 //!   every source.
 //! - [`dedup`]: one event, one delivery, within a bounded window.
+//! - [`cursor`]: resume positions derived from the Kafka log (the same on every replica).
+//! - [`history`]: recent events, what resumes replay and slow sessions catch up from.
 //! - [`memberships`]: rooms that belong to the user (every session, every replica, across
 //!   reconnects).
 
+pub mod cursor;
 pub mod dedup;
+pub mod history;
 pub mod memberships;
 pub mod registry;
 pub mod router;

@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 
 use task_events::Audience;
 
+use crate::hub::history::Entry;
 use crate::protocol::close;
 
 /// A session's outbound queue plus the way to tell it to close.
@@ -28,10 +29,20 @@ use crate::protocol::close;
 /// a permit when the session is not waiting, and the session only ever waits for it in one
 /// place, after which it looks at both the queue and the kick flag again: so no wake-up is lost,
 /// and none can be consumed by a wait that does not re-check the queue.
-#[derive(Debug)]
+/// A queued message and the history entry it is for (its position, its cursor).
+pub type Queued = (ByteString, Arc<Entry>);
+
+/// `lag` value of a session that is live (receives pushes).
+const LIVE: u64 = u64::MAX;
+
 pub struct Mailbox {
     /// Messages waiting to be written; never longer than `capacity`.
-    queue: Mutex<VecDeque<ByteString>>,
+    queue: Mutex<VecDeque<Queued>>,
+    /// `LIVE`, or the seq of the first history entry the session has not been offered: while it
+    /// catches up from the history, pushes skip it (it finds them in the history).
+    lag: AtomicU64,
+    /// Whether a full queue means "catch up from the history" (else: kicked with 4008).
+    catch_up: bool,
     /// Something changed: a message was queued, or the session was kicked.
     wake: Notify,
     /// Close code the session must close with, 0 while it may live.
@@ -40,30 +51,62 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    fn new(capacity: usize) -> Self {
+    fn new(capacity: usize, catch_up: bool, lag: Option<u64>) -> Self {
         Mailbox {
             queue: Mutex::new(VecDeque::new()),
+            lag: AtomicU64::new(lag.unwrap_or(LIVE)),
+            catch_up,
             wake: Notify::new(),
             kicked: AtomicU16::new(0),
             capacity,
         }
     }
 
-    /// Queues a message. When the queue is full the session is kicked, and the error holds how
-    /// many messages were dropped (the queued ones and this one).
-    fn push(&self, msg: ByteString) -> Result<(), usize> {
+    /// Queues a message. A session catching up from the history is skipped (it will find the
+    /// entry there). When the queue is full the session starts catching up from this entry;
+    /// without a history it is kicked instead, and the error holds how many messages were
+    /// dropped (the queued ones and this one).
+    fn push(&self, msg: ByteString, entry: &Arc<Entry>) -> Result<Pushed, usize> {
+        if self.lag.load(Ordering::Acquire) != LIVE {
+            self.wake.notify_one();
+            return Ok(Pushed::Deferred);
+        }
         let mut queue = self.queue.lock();
         if queue.len() >= self.capacity {
+            if self.catch_up {
+                self.lag.store(entry.seq, Ordering::Release);
+                drop(queue);
+                self.wake.notify_one();
+                return Ok(Pushed::Deferred);
+            }
             let dropped = queue.len() + 1;
             queue.clear();
             drop(queue);
             self.kick(close::SLOW_CONSUMER);
             return Err(dropped);
         }
-        queue.push_back(msg);
+        queue.push_back((msg, entry.clone()));
         drop(queue);
         self.wake.notify_one();
-        Ok(())
+        Ok(Pushed::Queued)
+    }
+
+    /// The seq the session catches up from, if it is not live.
+    pub fn lag(&self) -> Option<u64> {
+        match self.lag.load(Ordering::Acquire) {
+            LIVE => None,
+            seq => Some(seq),
+        }
+    }
+
+    /// Records how far a catching-up session has been offered the history.
+    pub fn set_lag(&self, seq: u64) {
+        self.lag.store(seq, Ordering::Release);
+    }
+
+    /// The session is live again (called under the router's lock, at the history's head).
+    pub fn set_live(&self) {
+        self.lag.store(LIVE, Ordering::Release);
     }
 
     /// Tells the session to close with `code`. The first kick wins.
@@ -82,25 +125,14 @@ impl Mailbox {
         }
     }
 
-    /// The oldest queued message, left in the queue: it is removed with [`Mailbox::pop`] once
-    /// written, so a write that is abandoned half-way loses nothing.
-    pub fn front(&self) -> Option<ByteString> {
-        self.queue.lock().front().cloned()
-    }
-
     /// Removes the oldest message. Gives memory back once a burst has drained.
-    pub fn pop(&self) -> Option<ByteString> {
+    pub fn pop(&self) -> Option<Queued> {
         let mut queue = self.queue.lock();
         let msg = queue.pop_front();
         if queue.is_empty() && queue.capacity() > 16 {
             queue.shrink_to(0);
         }
         msg
-    }
-
-    /// Puts a message taken with [`Mailbox::pop`] back at the front (its write could not start).
-    pub fn unpop(&self, msg: ByteString) {
-        self.queue.lock().push_front(msg);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -137,11 +169,21 @@ impl LimitHit {
     }
 }
 
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The session catches up from the history (it was, or its queue just filled).
+    Deferred,
+}
+
 /// What one delivery did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivery {
     /// Sessions the message was queued to.
     pub queued: usize,
+    /// Sessions that will find it in the history (catching up).
+    pub deferred: usize,
     /// Sessions kicked because their queue was full.
     pub overflowed: usize,
     /// Messages those sessions lost (their queues and this one).
@@ -179,7 +221,7 @@ pub type SessionId = u64;
 type RoomKey = (Option<Arc<str>>, Arc<str>);
 
 /// A session's entry: its profile, mailbox, and what it chose (rooms, filter).
-struct Entry {
+struct SessionEntry {
     profile: Profile,
     mailbox: Arc<Mailbox>,
     /// Rooms joined, at most `max_rooms`.
@@ -188,7 +230,7 @@ struct Entry {
     filter: Option<Box<[Box<str>]>>,
 }
 
-impl Entry {
+impl SessionEntry {
     fn wants(&self, event_type: &str) -> bool {
         self.filter
             .as_ref()
@@ -199,7 +241,7 @@ impl Entry {
 /// The sessions and their indexes; always changed together, under one lock.
 #[derive(Default)]
 struct Index {
-    sessions: HashMap<SessionId, Entry>,
+    sessions: HashMap<SessionId, SessionEntry>,
     by_user: HashMap<Arc<str>, Vec<SessionId>>,
     by_workspace: HashMap<Arc<str>, HashSet<SessionId>>,
     by_role: HashMap<Arc<str>, HashSet<SessionId>>,
@@ -282,6 +324,8 @@ pub struct Limits {
     pub max_per_user: usize,
     pub max_anonymous: usize,
     pub queue_capacity: usize,
+    /// A full queue makes the session catch up from the history (else it is kicked, 4008).
+    pub catch_up: bool,
 }
 
 /// All sessions of this instance.
@@ -305,6 +349,11 @@ impl Registry {
 
     /// Admits a session and returns its slot, or says which limit refused it.
     pub fn admit(self: &Arc<Self>, profile: Profile) -> Result<Slot, LimitHit> {
+        self.admit_from(profile, None)
+    }
+
+    /// Admits a session that starts by catching up from history seq `lag` (a resume), or live.
+    pub fn admit_from(self: &Arc<Self>, profile: Profile, lag: Option<u64>) -> Result<Slot, LimitHit> {
         let mut index = self.index.write();
         // Checked under the lock that `close_admission` takes: a session is either in the
         // snapshot the drain kicks, or refused here.
@@ -321,7 +370,11 @@ impl Registry {
             return Err(LimitHit::PerUser);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mailbox = Arc::new(Mailbox::new(self.limits.queue_capacity));
+        let mailbox = Arc::new(Mailbox::new(
+            self.limits.queue_capacity,
+            self.limits.catch_up,
+            lag,
+        ));
         index.by_user.entry(profile.user.clone()).or_default().push(id);
         if let Some(ws) = &profile.workspace {
             index.by_workspace.entry(ws.clone()).or_default().insert(id);
@@ -335,7 +388,7 @@ impl Registry {
         let user = profile.user.clone();
         index.sessions.insert(
             id,
-            Entry {
+            SessionEntry {
                 profile,
                 mailbox: mailbox.clone(),
                 rooms: Vec::new(),
@@ -454,20 +507,16 @@ impl Registry {
 
     /// Queues an event to every session of its audience on this instance, without waiting for
     /// any of them, each session at most once. `make(room)` builds the message (once per room a
-    /// session matched through, and only if some session matched); `event_type` is what session
-    /// filters look at.
-    pub fn deliver(
-        &self,
-        to: &Audience,
-        event_type: &str,
-        mut make: impl FnMut(Option<&str>) -> ByteString,
-    ) -> Delivery {
+    /// session matched through, and only if some session matched).
+    pub fn deliver(&self, event: &Arc<Entry>, mut make: impl FnMut(Option<&str>) -> ByteString) -> Delivery {
+        let to = &*event.audience();
+        let event_type = event.event_type();
         let index = self.index.read();
         let mut outcome = Delivery::default();
         let workspace = to.workspace.as_deref();
         // The message of each room variant, built on first use.
         let mut built: Vec<(Option<Box<str>>, ByteString)> = Vec::new();
-        let mut offer_entry = |entry: &Entry, via_room: Option<&str>, outcome: &mut Delivery| {
+        let mut offer_entry = |entry: &SessionEntry, via_room: Option<&str>, outcome: &mut Delivery| {
             if !admits(to, entry, via_room.is_some()) || !entry.wants(event_type) {
                 return;
             }
@@ -485,8 +534,9 @@ impl Registry {
                     msg
                 }
             };
-            match entry.mailbox.push(msg) {
-                Ok(()) => outcome.queued += 1,
+            match entry.mailbox.push(msg, event) {
+                Ok(Pushed::Queued) => outcome.queued += 1,
+                Ok(Pushed::Deferred) => outcome.deferred += 1,
                 Err(dropped) => {
                     outcome.overflowed += 1;
                     outcome.dropped += dropped;
@@ -560,6 +610,34 @@ impl Registry {
         outcome
     }
 
+    /// Whether history entry `event` is for session `id`, as [`Registry::deliver`] would decide:
+    /// `Some(room)` (the room it reaches the session through, if any) or `None`.
+    pub fn offer_one(&self, id: SessionId, event: &Entry) -> Option<Option<Box<str>>> {
+        let to = &*event.audience();
+        let index = self.index.read();
+        let entry = index.sessions.get(&id)?;
+        let profile = &entry.profile;
+        let workspace = to.workspace.as_deref();
+        let via_room = to.all_rooms().find(|room| {
+            entry.rooms.iter().any(|r| &**r == *room) && profile.workspace.as_deref() == workspace
+        });
+        let reached = via_room.is_some()
+            || to.all
+            || to.all_users().any(|u| u == &*profile.user)
+            || (to.all_users().next().is_none() && to.all_rooms().next().is_none() && workspace.is_some())
+            || (to.all_users().next().is_none()
+                && to.all_rooms().next().is_none()
+                && workspace.is_none()
+                && !to.roles.is_empty());
+        if !reached || !admits(to, entry, via_room.is_some()) || !entry.wants(event.event_type()) {
+            return None;
+        }
+        let room = via_room
+            .or(to.room.as_deref())
+            .or(to.rooms.first().map(String::as_str));
+        Some(room.map(Box::from))
+    }
+
     /// The sessions of `user` bound to `workspace`.
     fn sessions_of(index: &Index, workspace: Option<&str>, user: &str) -> Vec<SessionId> {
         index
@@ -618,7 +696,7 @@ impl Registry {
 /// Whether `entry` is in the audience `to`, once it was found through one of the audience's
 /// targets: the workspace confines, the roles narrow, `exclude_users` removes, and an anonymous
 /// session takes only plain `all` broadcasts and its (public) rooms.
-fn admits(to: &Audience, entry: &Entry, via_room: bool) -> bool {
+fn admits(to: &Audience, entry: &SessionEntry, via_room: bool) -> bool {
     let profile = &entry.profile;
     if let Some(ws) = to.workspace.as_deref() {
         if profile.workspace.as_deref() != Some(ws) {
@@ -647,7 +725,15 @@ mod tests {
             max_per_user,
             max_anonymous: 2,
             queue_capacity: queue,
+            catch_up: false,
         }))
+    }
+
+    /// A history entry of a generic event to `to`.
+    fn ev(to: &Audience, event_type: &str) -> Arc<Entry> {
+        let json = serde_json::json!({"event_type": event_type, "data": {}, "to": to}).to_string();
+        let event = task_events::Event::from_json(json.as_bytes()).unwrap();
+        Arc::new(Entry::new(7, None, 0, event, "id".into(), "t".into()))
     }
 
     fn to_user(user: &str) -> Audience {
@@ -739,11 +825,11 @@ mod tests {
         let slot = r.admit(Profile::user("u")).unwrap();
         let mb = slot.mailbox().clone();
         // Queued while the session is not waiting: the permit is kept for its next wait.
-        r.deliver(&to_user("u"), "t", msg);
+        r.deliver(&ev(&to_user("u"), "t"), msg);
         tokio::time::timeout(std::time::Duration::from_secs(1), mb.changed())
             .await
             .expect("a stored wake-up");
-        assert_eq!(mb.pop().as_deref(), Some("m"));
+        assert_eq!(mb.pop().map(|q| q.0).as_deref(), Some("m"));
         // A kick wakes the session too.
         mb.kick(close::GOING_AWAY);
         tokio::time::timeout(std::time::Duration::from_secs(1), mb.changed())
@@ -756,6 +842,7 @@ mod tests {
         // A queue of capacity 2 that overflows loses its 2 messages and the new one.
         Delivery {
             queued,
+            deferred: 0,
             overflowed,
             dropped: overflowed * 3,
         }
@@ -767,19 +854,50 @@ mod tests {
         let slow = r.admit(Profile::user("u")).unwrap();
         let fast = r.admit(Profile::user("u")).unwrap();
         let u = to_user("u");
-        assert_eq!(r.deliver(&u, "t", msg), delivery(2, 0));
+        assert_eq!(r.deliver(&ev(&u, "t"), msg), delivery(2, 0));
         assert!(fast.mailbox().pop().is_some());
-        assert_eq!(r.deliver(&u, "t", msg), delivery(2, 0));
+        assert_eq!(r.deliver(&ev(&u, "t"), msg), delivery(2, 0));
         assert!(fast.mailbox().pop().is_some());
         // slow holds 2 (its capacity): the third overflows it, fast still gets it.
-        assert_eq!(r.deliver(&u, "t", msg), delivery(1, 1));
+        assert_eq!(r.deliver(&ev(&u, "t"), msg), delivery(1, 1));
         assert_eq!(slow.mailbox().kicked(), Some(close::SLOW_CONSUMER));
         assert!(
             slow.mailbox().pop().is_none(),
             "an overflowed queue is dropped, not kept"
         );
         assert_eq!(fast.mailbox().kicked(), None);
-        assert_eq!(r.deliver(&u, "t", msg), delivery(1, 0));
+        assert_eq!(r.deliver(&ev(&u, "t"), msg), delivery(1, 0));
+    }
+
+    #[test]
+    fn with_a_history_a_full_queue_catches_up_instead_of_being_cut() {
+        let r = Arc::new(Registry::new(Limits {
+            max_total: 10,
+            max_per_user: 10,
+            max_anonymous: 0,
+            queue_capacity: 1,
+            catch_up: true,
+        }));
+        let s = r.admit(Profile::user("u")).unwrap();
+        let u = to_user("u");
+        let first = ev(&u, "t");
+        assert_eq!(r.deliver(&first, msg).queued, 1);
+        let second = ev(&u, "t");
+        let d = r.deliver(&second, msg);
+        assert_eq!((d.queued, d.deferred, d.overflowed), (0, 1, 0));
+        assert_eq!(
+            s.mailbox().lag(),
+            Some(second.seq),
+            "catches up from the entry that did not fit"
+        );
+        assert_eq!(s.mailbox().kicked(), None);
+        assert_eq!(
+            r.deliver(&ev(&u, "t"), msg).deferred,
+            1,
+            "skipped while catching up"
+        );
+        let caught = r.admit_from(Profile::user("u"), Some(3)).unwrap();
+        assert_eq!(caught.mailbox().lag(), Some(3), "a resume starts catching up");
     }
 
     #[test]
@@ -791,7 +909,7 @@ mod tests {
             built.set(true);
             ByteString::from_static("m")
         };
-        assert_eq!(r.deliver(&to_user("nobody"), "t", make), Delivery::default());
+        assert_eq!(r.deliver(&ev(&to_user("nobody"), "t"), make), Delivery::default());
         assert!(!built.get(), "no message is built when no session matches");
     }
 
@@ -816,7 +934,7 @@ mod tests {
         }
         let got = |to: Audience| -> Vec<String> {
             let rooms = std::cell::RefCell::new(Vec::new());
-            r.deliver(&to, "ev", |room| {
+            r.deliver(&ev(&to, "ev"), |room| {
                 rooms.borrow_mut().push(room.map(String::from));
                 ByteString::from(format!("{room:?}"))
             });
@@ -826,7 +944,7 @@ mod tests {
                     names.push(format!(
                         "{}{}",
                         s.user(),
-                        if &*m == "None" { "" } else { "@room" }
+                        if &*m.0 == "None" { "" } else { "@room" }
                     ));
                 }
             }

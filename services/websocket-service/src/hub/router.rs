@@ -5,10 +5,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use task_events::{Audience, DecodeError, Event, GenericEvent, TaskEvent};
+use bytestring::ByteString;
+use parking_lot::Mutex;
+use task_events::{DecodeError, Event};
 
+use crate::hub::cursor::{Cursor, CursorError, Frontier, PartitionId};
 use crate::hub::dedup::Dedup;
-use crate::hub::registry::{Delivery, Registry};
+use crate::hub::history::{Entry, History, Unrecoverable, CHECKPOINT_EVERY};
+use crate::hub::registry::{Delivery, LimitHit, Profile, Registry, Slot};
 use crate::ingest::Origin;
 use crate::protocol::{EventMessage, ServerMessage};
 use crate::telemetry::Stats;
@@ -31,18 +35,45 @@ fn event_time(event: &Event, origin: &Origin<'_>) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_millis(ms as u64))
 }
 
+/// Routing state, changed under one lock: an event is pushed to its sessions, appended to the
+/// history and counted in the frontier as one step, so the cursor a session is given (the
+/// frontier after the last event it got, or when it is idle the current one) never claims an
+/// event it has not been offered, and never omits one it was.
+struct Core {
+    /// Per partition, the next offset to route.
+    frontier: Frontier,
+    /// The encoded frontier, while it has not moved.
+    encoded: Option<Arc<str>>,
+    /// The seq of the next history entry.
+    next_seq: u64,
+    /// Events routed without a log position, so far.
+    local: u64,
+}
+
 pub struct Router {
     registry: Arc<Registry>,
     stats: Arc<Stats>,
     dedup: Dedup,
+    history: History,
+    core: Mutex<Core>,
+    /// This process, in cursors: events without a log position resume on it only.
+    instance: u64,
 }
 
 impl Router {
-    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, dedup: Dedup) -> Self {
+    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, dedup: Dedup, history: History) -> Self {
         Router {
             registry,
             stats,
             dedup,
+            history,
+            core: Mutex::new(Core {
+                frontier: Frontier::default(),
+                encoded: None,
+                next_seq: 0,
+                local: 0,
+            }),
+            instance: uuid::Uuid::new_v4().as_u64_pair().0,
         }
     }
 
@@ -50,13 +81,48 @@ impl Router {
         &self.stats
     }
 
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// This replica reads `partition` from `offset` on: its history is complete from there, and
+    /// cursors name it.
+    pub fn start_partition(&self, topic: &str, partition: i32, offset: i64) {
+        let p = PartitionId::new(topic, partition);
+        let mut core = self.core.lock();
+        core.frontier.start(p, offset);
+        core.encoded = None;
+        self.history.start_partition(p, offset);
+    }
+
     /// Decodes a record value and routes it. A malformed value is logged with where it came
     /// from, counted, and skipped.
     pub fn route_bytes(&self, payload: &[u8], origin: Origin<'_>) -> Result<Routed, DecodeError> {
+        self.route_bytes_as(payload, origin, true)
+    }
+
+    /// As [`Router::route_bytes`]; with `deliver` false the event only joins the history (a
+    /// replica reading back the recent log at start).
+    pub fn route_bytes_as(
+        &self,
+        payload: &[u8],
+        origin: Origin<'_>,
+        deliver: bool,
+    ) -> Result<Routed, DecodeError> {
         match Event::from_json(payload) {
-            Ok(event) => Ok(self.route(&event, origin)),
+            Ok(event) => Ok(self.route_as(event, origin, deliver)),
             Err(error) => {
                 self.stats.event_malformed(&origin, &error);
+                // Still covered: a cursor past a bad record is a good cursor.
+                if let Some(p) = position(&origin) {
+                    let mut core = self.core.lock();
+                    core.frontier.advance(p.0, p.1);
+                    core.encoded = None;
+                }
                 Err(error)
             }
         }
@@ -64,29 +130,73 @@ impl Router {
 
     /// Queues the event to every session of its audience on this instance, unless its id was
     /// seen within the de-duplication window. When nobody of the audience is connected here this
-    /// costs the de-duplication check and the index lookups: the message is not even built.
-    pub fn route(&self, event: &Event, origin: Origin<'_>) -> Routed {
+    /// costs the de-duplication check, the history append and the index lookups: the message is
+    /// not even built.
+    pub fn route(&self, event: Event, origin: Origin<'_>) -> Routed {
+        self.route_as(event, origin, true)
+    }
+
+    fn route_as(&self, event: Event, origin: Origin<'_>, deliver: bool) -> Routed {
         let id = match event.id().map(str::to_string).or_else(|| origin.fallback_id()) {
             Some(id) => id,
             None => uuid::Uuid::now_v7().to_string(),
         };
+        let pos = position(&origin);
         if !self.dedup.first_time(&id) {
             self.stats.duplicate();
             tracing::debug!(id, %origin, "duplicate event not delivered again");
+            if let Some((p, offset)) = pos {
+                let mut core = self.core.lock();
+                core.frontier.advance(p, offset);
+                core.encoded = None;
+            }
             return Routed::Duplicate;
         }
-        self.stats.observe_latency(event_time(event, &origin));
-        let timestamp = || {
-            event
-                .occurred_at()
-                .map_or_else(|| origin.fallback_timestamp(), str::to_string)
-        };
-        let delivery = match event {
-            Event::Task(task) => self.route_task(task, &id, timestamp),
-            Event::Generic(generic) => self.registry.deliver(&generic.to, &generic.event_type, |room| {
-                generic_message(generic, &id, &timestamp(), room)
-            }),
-        };
+        if deliver {
+            self.stats.observe_latency(event_time(&event, &origin));
+        }
+        let timestamp = event
+            .occurred_at()
+            .map_or_else(|| origin.fallback_timestamp(), str::to_string);
+        let mut core = self.core.lock();
+        match pos {
+            Some((p, offset)) => {
+                if core.frontier.get(p).is_none() {
+                    // First sight of a partition not assigned by the Kafka source (a Dapr
+                    // delivery): the history of it is complete from here.
+                    core.frontier.start(p, offset);
+                    self.history.start_partition(p, offset);
+                }
+                core.frontier.advance(p, offset)
+            }
+            None => core.local += 1,
+        }
+        core.encoded = None;
+        let seq = core.next_seq;
+        core.next_seq += 1;
+        let entry = Arc::new(Entry::new(seq, pos, core.local, event, id, timestamp));
+        let checkpoint = seq
+            .is_multiple_of(CHECKPOINT_EVERY)
+            .then(|| core.frontier.clone());
+        if self.history.enabled() {
+            self.history.push(entry.clone(), checkpoint);
+        }
+        if !deliver {
+            return Routed::Delivered(Delivery::default());
+        }
+        let (instance, local) = (self.instance, core.local);
+        let frontier = &core.frontier;
+        let delivery = self.registry.deliver(&entry, |room| {
+            let cursor = entry.set_cursor(|| {
+                Cursor {
+                    frontier: frontier.clone(),
+                    local: Some((instance, local)),
+                }
+                .encode()
+            });
+            entry.message(room, |room| message(&entry, &cursor, room))
+        });
+        drop(core);
         if delivery.dropped > 0 {
             self.stats
                 .messages_dropped("slow_consumer", delivery.dropped as u64);
@@ -94,43 +204,134 @@ impl Router {
         Routed::Delivered(delivery)
     }
 
-    fn route_task(&self, task: &TaskEvent, id: &str, timestamp: impl Fn() -> String) -> Delivery {
-        let to = Audience {
-            user: Some(task.user_id.clone()),
-            ..Audience::default()
-        };
-        self.registry.deliver(&to, &task.event_type, |_| {
-            ServerMessage::TaskUpdate {
-                event: &task.event_type,
-                task: &task.task,
-                id,
-                timestamp: &timestamp(),
+    /// The cursor of a session that has written every message offered to it: the current
+    /// frontier. Taken under the routing lock, so no event is half-offered.
+    pub fn current_cursor(&self) -> Arc<str> {
+        let mut core = self.core.lock();
+        self.encoded(&mut core)
+    }
+
+    fn encoded(&self, core: &mut Core) -> Arc<str> {
+        if let Some(encoded) = &core.encoded {
+            return encoded.clone();
+        }
+        let encoded: Arc<str> = Cursor {
+            frontier: core.frontier.clone(),
+            local: Some((self.instance, core.local)),
+        }
+        .encode()
+        .into();
+        core.encoded = Some(encoded.clone());
+        encoded
+    }
+
+    /// The current cursor when `idle()` holds under the routing lock (the session has nothing
+    /// queued and is live), else `None`.
+    pub fn cursor_if(&self, idle: impl FnOnce() -> bool) -> Option<Arc<str>> {
+        let mut core = self.core.lock();
+        idle().then(|| self.encoded(&mut core))
+    }
+
+    /// A catching-up session that reached `seq`: live again if nothing was routed since (taken
+    /// under the routing lock, so no event slips between the history and the queue).
+    pub fn go_live(&self, mailbox: &crate::hub::registry::Mailbox, seq: u64) -> bool {
+        let core = self.core.lock();
+        if core.next_seq == seq {
+            mailbox.set_live();
+            return true;
+        }
+        false
+    }
+
+    /// Admits a session resuming from `cursor`: it starts catching up from the first history
+    /// entry it has not seen, or (when the cursor cannot be honoured) live. Returns the slot,
+    /// the cursor it starts from and, for a resume, the outcome.
+    pub fn admit_resuming(
+        &self,
+        registry: &Arc<Registry>,
+        profile: Profile,
+        cursor: Option<Result<Cursor, CursorError>>,
+    ) -> Result<Admitted, LimitHit> {
+        let mut core = self.core.lock();
+        let start = match &cursor {
+            None => Ok(None),
+            Some(Err(_)) => Err(Unrecoverable::UnknownCursor),
+            Some(Ok(cursor)) => {
+                if !self.history.enabled() {
+                    Err(Unrecoverable::HistoryExceeded)
+                } else {
+                    self.history
+                        .resume_from(cursor, &core.frontier, self.instance)
+                        .map(|seq| (seq < core.next_seq).then_some(seq))
+                }
             }
-            .to_text()
+        };
+        let slot = registry.admit_from(profile, start.ok().flatten())?;
+        let cursor_now = self.encoded(&mut core);
+        drop(core);
+        Ok(Admitted {
+            slot,
+            cursor: cursor_now,
+            resume: cursor.map(|_| start.map(|s| s.unwrap_or(u64::MAX))),
         })
     }
 }
 
-/// The message of a generic event: `{"type":T,"event":T,"data":..,"id","timestamp"}` plus the
-/// room it reached the session through and its workspace; or, for a verbatim `message`, that
-/// object unchanged.
-fn generic_message(
-    event: &GenericEvent,
-    id: &str,
-    timestamp: &str,
-    room: Option<&str>,
-) -> bytestring::ByteString {
-    match &event.payload {
-        task_events::Payload::Message(message) => message.get().to_string().into(),
-        task_events::Payload::Data(data) => EventMessage {
-            kind: &event.event_type,
-            event: &event.event_type,
-            data,
-            id,
-            timestamp,
-            room,
-            workspace_id: event.to.workspace.as_deref(),
+/// A session admitted by [`Router::admit_resuming`].
+pub struct Admitted {
+    pub slot: Slot,
+    /// The frontier when it was admitted: its position if it resumed nothing.
+    pub cursor: Arc<str>,
+    /// For a resume: the history seq it catches up from (`u64::MAX`: nothing to replay), or why
+    /// it cannot.
+    pub resume: Option<Result<u64, Unrecoverable>>,
+}
+
+/// An event's place in the log, when its origin names one.
+fn position(origin: &Origin<'_>) -> Option<(PartitionId, i64)> {
+    match *origin {
+        Origin::Kafka {
+            topic,
+            partition,
+            offset,
+            ..
+        }
+        | Origin::Dapr {
+            topic: Some(topic),
+            partition: Some(partition),
+            offset: Some(offset),
+            ..
+        } => Some((PartitionId::new(topic, partition), offset)),
+        _ => None,
+    }
+}
+
+/// The message of a history entry for a session it reached through `room`: a task update, a
+/// generic event (`{"type":T,"event":T,"data":..,"id","timestamp","cursor"}` plus the room and
+/// the workspace), or a verbatim `message` unchanged.
+pub fn message(entry: &Entry, cursor: &str, room: Option<&str>) -> ByteString {
+    match &entry.event {
+        Event::Task(task) => ServerMessage::TaskUpdate {
+            event: &task.event_type,
+            task: &task.task,
+            id: &entry.id,
+            timestamp: &entry.timestamp,
+            cursor,
         }
         .to_text(),
+        Event::Generic(generic) => match &generic.payload {
+            task_events::Payload::Message(message) => message.get().to_string().into(),
+            task_events::Payload::Data(data) => EventMessage {
+                kind: &generic.event_type,
+                event: &generic.event_type,
+                data,
+                id: &entry.id,
+                timestamp: &entry.timestamp,
+                cursor,
+                room,
+                workspace_id: generic.to.workspace.as_deref(),
+            }
+            .to_text(),
+        },
     }
 }

@@ -140,12 +140,15 @@ fn report(readiness: &Readiness, reason: String) {
 /// caller under supervision (see [`Source::consume`]).
 pub struct Source {
     consumer: Arc<Gateway>,
+    backfill: Arc<Backfill>,
     pub discovery: tokio::task::JoinHandle<()>,
 }
 
 /// Creates the consumer and starts its discovery task, which stops when `shutdown` is cancelled.
 pub fn start(
     settings: &KafkaSettings,
+    history_age: Duration,
+    router: Arc<Router>,
     stats: Arc<Stats>,
     readiness: Readiness,
     shutdown: CancellationToken,
@@ -168,6 +171,7 @@ pub fn start(
     } else {
         None
     };
+    let backfill = Arc::new(Backfill::new(readiness.clone()));
     let discovery = Discovery {
         consumer: consumer.clone(),
         admin,
@@ -180,9 +184,13 @@ pub fn start(
         started_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
+        history_age,
+        router,
+        backfill: backfill.clone(),
     };
     Ok(Source {
         consumer,
+        backfill,
         discovery: tokio::spawn(discovery.run(shutdown)),
     })
 }
@@ -192,14 +200,27 @@ impl Source {
     /// the consumer's position, after the record that was being handled.
     pub fn consume(&self, router: Arc<Router>, shutdown: CancellationToken) -> crate::supervise::Restartable {
         let consumer = self.consumer.clone();
-        Box::new(move || Box::pin(consume(consumer.clone(), router.clone(), shutdown.clone())))
+        let backfill = self.backfill.clone();
+        Box::new(move || {
+            Box::pin(consume(
+                consumer.clone(),
+                router.clone(),
+                backfill.clone(),
+                shutdown.clone(),
+            ))
+        })
     }
 }
 
 /// Reads records in partition order and routes each one; a bad record is counted and skipped.
 /// Receive errors are retried with a growing pause (100 ms doubling to 5 s), so a broken broker
 /// connection does not spin.
-async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: CancellationToken) {
+async fn consume(
+    consumer: Arc<Gateway>,
+    router: Arc<Router>,
+    backfill: Arc<Backfill>,
+    shutdown: CancellationToken,
+) {
     let mut failures: u32 = 0;
     let mut partitions = PartitionStats::default();
     loop {
@@ -229,8 +250,9 @@ async fn consume(consumer: Arc<Gateway>, router: Arc<Router>, shutdown: Cancella
             offset: msg.offset(),
             timestamp_ms: msg.timestamp().to_millis(),
         };
+        let deliver = backfill.delivers(msg.topic(), msg.partition(), msg.offset());
         // A malformed record is logged and counted inside; consumption goes on.
-        let _ = router.route_bytes(msg.payload().unwrap_or_default(), origin);
+        let _ = router.route_bytes_as(msg.payload().unwrap_or_default(), origin, deliver);
     }
 }
 
@@ -311,6 +333,10 @@ struct Discovery {
     started_at_ms: i64,
     /// `KAFKA_START_FROM=earliest`: what is seen at start is read from its beginning.
     from_earliest: bool,
+    /// How far back the history is read at start (`HISTORY_MAX_AGE_SECS`; zero: not at all).
+    history_age: Duration,
+    router: Arc<Router>,
+    backfill: Arc<Backfill>,
 }
 
 impl Discovery {
@@ -322,8 +348,11 @@ impl Discovery {
             }
             match self.refresh_once().await {
                 Ok(missing) => {
-                    // Caught up: the start is live, so the first assignment is the catch-up.
-                    self.readiness.open(SOURCE);
+                    // Caught up once the history read back at start is done (the consume loop
+                    // opens the gate then) or right away when there is none.
+                    if self.backfill.done() {
+                        self.readiness.open(SOURCE);
+                    }
                     if missing.is_empty() {
                         self.readiness.recover(SOURCE);
                     } else {
@@ -388,45 +417,49 @@ impl Discovery {
     }
 
     async fn assign(&mut self, new: Vec<(String, i32, bool)>) -> Result<(), String> {
-        // A partition first seen at start is read live, from the high watermark read now (not
-        // `Offset::End`, which librdkafka resolves later: a record produced in between would be
-        // skipped). One first seen after start (a topic created later, a partition added, a
-        // topic whose metadata failed in the first round) is read from the first record written
-        // since the replica started (minus a clock margin): nothing written to it since then is
-        // missed, and nothing older (up to the topic's retention) is replayed to clients.
+        // Where each new partition is read from, and from where its events are delivered:
+        // - first seen at start: delivered live, from the high watermark read now (not
+        //   `Offset::End`, which librdkafka resolves later: a record produced in between would
+        //   be skipped); read from `HISTORY_MAX_AGE_SECS` ago, so the history holds the recent
+        //   log from the first minute (those records go to the history only);
+        // - first seen after start (a topic created later, a partition added, a topic whose
+        //   metadata failed in the first round): read and delivered from the first record
+        //   written since the replica started (minus a clock margin), so nothing written to it
+        //   since is missed and nothing older (up to the topic's retention) is replayed;
+        // - `KAFKA_START_FROM=earliest`: everything, delivered.
         let timeout = self.refresh.min(Duration::from_secs(5));
-        let since_ms = self.started_at_ms - START_MARGIN.as_millis() as i64;
-        let late: Vec<(String, i32)> = new
-            .iter()
-            .filter(|(_, _, from_start)| *from_start)
-            .map(|(t, p, _)| (t.clone(), *p))
-            .collect();
-        let consumer = self.consumer.clone();
-        let by_time = if late.is_empty() {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let at_start: Vec<(String, i32)> = new.iter().filter(|n| !n.2).map(|n| (n.0.clone(), n.1)).collect();
+        let late: Vec<(String, i32)> = new.iter().filter(|n| n.2).map(|n| (n.0.clone(), n.1)).collect();
+        let lookup = |partitions: Vec<(String, i32)>, since_ms: i64| {
+            let consumer = self.consumer.clone();
+            async move {
+                if partitions.is_empty() {
+                    return Ok(HashMap::new());
+                }
+                tokio::task::spawn_blocking(move || offsets_since(&consumer, &partitions, since_ms, timeout))
+                    .await
+                    .map_err(|e| format!("offset lookup task failed: {e}"))?
+            }
+        };
+        let late_from = lookup(late, self.started_at_ms - START_MARGIN.as_millis() as i64).await?;
+        let history_from = if self.history_age.is_zero() || self.from_earliest {
             HashMap::new()
         } else {
-            tokio::task::spawn_blocking(move || offsets_since(&consumer, &late, since_ms, timeout))
-                .await
-                .map_err(|e| format!("offset lookup task failed: {e}"))??
+            lookup(at_start, now_ms - self.history_age.as_millis() as i64).await?
         };
         let consumer = self.consumer.clone();
-        let from_earliest = self.from_earliest;
-        let offsets: Vec<Result<(String, i32, Offset), String>> =
+        let watermarks: Vec<Result<(String, i32, i64, i64), String>> =
             futures_util::stream::iter(new.iter().cloned())
-                .map(|(topic, partition, from_start)| {
+                .map(|(topic, partition, _)| {
                     let consumer = consumer.clone();
-                    let found = by_time.get(&(topic.clone(), partition)).copied();
                     async move {
-                        if let Some(offset) = found {
-                            return Ok((topic, partition, Offset::Offset(offset)));
-                        }
-                        if from_earliest && !from_start {
-                            return Ok((topic, partition, Offset::Beginning));
-                        }
                         tokio::task::spawn_blocking(move || {
                             consumer
                                 .fetch_watermarks(&topic, partition, timeout)
-                                .map(|(_, high)| (topic.clone(), partition, Offset::Offset(high)))
+                                .map(|(low, high)| (topic.clone(), partition, low, high))
                                 .map_err(|e| format!("watermarks of {topic}/{partition}: {e}"))
                         })
                         .await
@@ -437,19 +470,100 @@ impl Discovery {
                 .collect()
                 .await;
         let mut tpl = TopicPartitionList::new();
-        for offset in offsets {
-            let (topic, partition, offset) = offset?;
-            tpl.add_partition_offset(&topic, partition, offset)
+        let mut plans = Vec::new();
+        for w in watermarks {
+            let (topic, partition, low, high) = w?;
+            let key = (topic.clone(), partition);
+            let late =
+                late_from.contains_key(&key) || new.iter().any(|n| n.0 == topic && n.1 == partition && n.2);
+            let (read_from, deliver_from) = if late {
+                let from = late_from.get(&key).copied().unwrap_or(high);
+                (from, from)
+            } else if self.from_earliest {
+                (low, low)
+            } else {
+                (history_from.get(&key).copied().unwrap_or(high).min(high), high)
+            };
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(read_from))
                 .map_err(|e| e.to_string())?;
+            plans.push((topic, partition, late, read_from, deliver_from));
+        }
+        for (topic, partition, _, read_from, deliver_from) in &plans {
+            self.router.start_partition(topic, *partition, *read_from);
+            self.backfill.expect(topic, *partition, *read_from, *deliver_from);
         }
         self.consumer
             .incremental_assign(&tpl)
             .map_err(|e| format!("assign failed: {e}"))?;
-        for (topic, partition, from_start) in new {
-            tracing::info!(topic, partition, from_start, "kafka partition assigned");
+        for (topic, partition, late, read_from, deliver_from) in plans {
+            tracing::info!(
+                topic,
+                partition,
+                from_start = late,
+                read_from,
+                deliver_from,
+                "kafka partition assigned"
+            );
             self.assigned.insert((topic, partition));
         }
         Ok(())
+    }
+}
+
+/// Which records are read back into the history only (those before where delivery starts), and
+/// whether the read-back at start is done: the source holds the replica unready until it is.
+pub struct Backfill {
+    /// (topic, partition) -> the first offset delivered live, while records before it remain.
+    pending: parking_lot::Mutex<HashMap<(String, i32), i64>>,
+    /// Quick check for the consume loop: nothing pending.
+    idle: std::sync::atomic::AtomicBool,
+    readiness: Readiness,
+}
+
+impl Backfill {
+    fn new(readiness: Readiness) -> Self {
+        Backfill {
+            pending: parking_lot::Mutex::new(HashMap::new()),
+            idle: std::sync::atomic::AtomicBool::new(true),
+            readiness,
+        }
+    }
+
+    /// Partition `topic/partition` is read from `read_from`, delivered from `deliver_from`.
+    fn expect(&self, topic: &str, partition: i32, read_from: i64, deliver_from: i64) {
+        if deliver_from > read_from {
+            self.pending
+                .lock()
+                .insert((topic.to_string(), partition), deliver_from);
+            self.idle.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether a record is delivered (`false`: read back into the history only). Opens the
+    /// readiness gate when the last read-back completes.
+    fn delivers(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        if self.idle.load(std::sync::atomic::Ordering::Acquire) {
+            return true;
+        }
+        let mut pending = self.pending.lock();
+        let key = (topic.to_string(), partition);
+        let Some(deliver_from) = pending.get(&key).copied() else {
+            return true;
+        };
+        if offset + 1 >= deliver_from {
+            pending.remove(&key);
+            if pending.is_empty() {
+                self.idle.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!("kafka history read back");
+                self.readiness.open(SOURCE);
+            }
+        }
+        offset >= deliver_from
+    }
+
+    /// Whether the read-back at start is done.
+    fn done(&self) -> bool {
+        self.idle.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

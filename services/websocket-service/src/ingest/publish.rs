@@ -112,12 +112,13 @@ pub async fn publish(req: HttpRequest, body: web::Payload, state: web::Data<AppS
     match &state.publisher {
         Some(producer) => write_to_kafka(&state, producer, events).await,
         None => {
-            for ready in &events {
-                state.router.route(&ready.event, Origin::Api);
+            let ids: Vec<String> = events.iter().map(|r| r.id.clone()).collect();
+            for ready in events {
+                state.router.route(ready.event, Origin::Api);
             }
             state.stats.api_publish("delivered_locally", count as u64);
             HttpResponse::Accepted().json(json!({
-                "ids": events.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+                "ids": ids,
                 "delivery": "local",
                 "note": "no Kafka is configured: delivered to the sessions of this replica only",
             }))

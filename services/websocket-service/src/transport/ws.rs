@@ -14,12 +14,14 @@ use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
 use crate::auth::AuthError;
-use crate::hub::registry::{Mailbox, Slot};
+use crate::hub::registry::Slot;
 use task_events::valid_room_name;
 
 use crate::auth::grants::RoomPattern;
+use crate::hub::registry::Queued;
 use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit, Profile};
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, FilterData, RoomData, ServerMessage};
+use crate::transport::feed::{self, Feed, Next};
 use crate::transport::refusals::{self, Refused};
 use crate::AppState;
 
@@ -44,6 +46,8 @@ pub async fn ws_route(
     let upgrading = Upgrading::new(state.clone().into_inner());
     let token = token_from(&req);
     let requested_workspace = query_param(&req, "workspace_id").filter(|w| !w.is_empty());
+    // `since=<cursor>` resumes; `since=` (empty) asks for resume positions from the start.
+    let since = query_param(&req, "since");
     let peer = req.peer_addr().map(|a| a.ip().to_string());
     let refusal_key = state
         .refusals
@@ -115,8 +119,13 @@ pub async fn ws_route(
         roles: identity.grants.roles.clone(),
         anonymous,
     };
-    let slot = match state.registry.admit(profile) {
-        Ok(slot) => slot,
+    let resume = since
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(crate::hub::cursor::Cursor::decode);
+    let floor = resume.as_ref().and_then(|r| r.as_ref().ok().cloned());
+    let admitted = match state.router.admit_resuming(&state.registry, profile, resume) {
+        Ok(admitted) => admitted,
         Err(limit) => {
             state.stats.connection_rejected(match limit {
                 LimitHit::Total => "limit_total",
@@ -143,11 +152,37 @@ pub async fn ws_route(
         }
     };
     drop(upgrading);
+    let crate::hub::router::Admitted {
+        slot,
+        cursor: start_cursor,
+        resume,
+    } = admitted;
     if state.user_rooms.memberships.enabled() {
         state
             .user_rooms
             .admit(slot.id(), workspace.as_deref(), &identity.user_id);
     }
+    let outcome = resume.map(|r| match r {
+        Ok(seq) => Resumed::Replaying(if seq == u64::MAX {
+            0
+        } else {
+            feed::count_replay(
+                &state.router,
+                &state.registry,
+                slot.id(),
+                seq,
+                floor.as_ref().unwrap_or(&Default::default()),
+            )
+        }),
+        Err(why) => Resumed::Not(why.reason()),
+    });
+    let feed = Feed::new(
+        slot.mailbox().clone(),
+        slot.id(),
+        start_cursor,
+        // A cursor that cannot be honoured starts live: nothing of it is a floor.
+        floor.filter(|_| matches!(outcome, Some(Resumed::Replaying(_)))),
+    );
     let stream = stream
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
@@ -158,6 +193,9 @@ pub async fn ws_route(
         valid_until: identity.valid_until,
         room_grants: (!grants.rooms.is_empty()).then(|| grants.rooms.clone()),
         workspace,
+        heartbeats: since.is_some(),
+        resumed: outcome,
+        feed,
         slot: SlotGuard::new(slot),
         session,
     };
@@ -321,8 +359,23 @@ struct Connection {
     room_grants: Option<Box<[RoomPattern]>>,
     /// The workspace the session is bound to.
     workspace: Option<Arc<str>>,
+    /// The client asked for resume positions (`since=`): it gets `heartbeat` messages.
+    heartbeats: bool,
+    /// What came of a resume, for the `connected` message.
+    resumed: Option<Resumed>,
+    /// What to write next: the queue, the history, live.
+    feed: Feed,
     slot: SlotGuard,
     session: Session,
+}
+
+/// What came of a resume.
+#[derive(Debug, Clone, Copy)]
+enum Resumed {
+    /// Everything missed is replayed: this many events.
+    Replaying(usize),
+    /// It cannot be: the client reloads its state.
+    Not(&'static str),
 }
 
 /// Why the loop ended.
@@ -338,6 +391,7 @@ impl Connection {
         self.slot.stats = Some(self.state.stats.clone());
         let connection_id = uuid::Uuid::new_v4().to_string();
         let now = now_rfc3339();
+        let cursor = self.feed.cursor(&self.state.router);
         let hello = ServerMessage::Connected {
             event: "connected",
             connection_id: &connection_id,
@@ -345,6 +399,16 @@ impl Connection {
             workspace_id: self.workspace.as_deref(),
             server_time: &now,
             timestamp: &now,
+            cursor: &cursor,
+            recovered: self.resumed.map(|r| matches!(r, Resumed::Replaying(_))),
+            replayed: match self.resumed {
+                Some(Resumed::Replaying(n)) => Some(n),
+                _ => None,
+            },
+            reason: match self.resumed {
+                Some(Resumed::Not(reason)) => Some(reason),
+                _ => None,
+            },
         }
         .to_text();
         let end = match self.write(hello).await {
@@ -382,11 +446,13 @@ impl Connection {
         let write_timeout = settings.write_timeout();
         let expiry = expiry_instant(self.valid_until);
         let mailbox = self.slot.slot.mailbox().clone();
+        let router = self.state.router.clone();
+        let registry = self.state.registry.clone();
         let mut last_seen = Instant::now();
         let mut next_ping = Instant::now() + heartbeat;
-        // Since when queued messages have been waiting for a write to complete. Events are
-        // written inside the `select!`, so the timer below still fires while a write is stuck,
-        // and it enforces the deadline without a timer per write.
+        // Since when a message has been waiting for room in the transport. Events are written
+        // inside the `select!`, so the timer below still fires while a write is stuck, and it
+        // enforces the deadline without a timer per write.
         let mut stuck_since: Option<Instant> = None;
         // One timer for the heartbeat, the token's expiry and the write deadline.
         let timer = tokio::time::sleep_until(next_ping.min(expiry));
@@ -397,24 +463,39 @@ impl Connection {
             }
             // Write what the channel takes right now, without waiting: the usual path, one wake
             // per event. Bounded per turn, so the client's messages and the timer get their turn.
+            let mut more = true;
             for _ in 0..DRAIN_PER_TURN {
-                let Some(msg) = mailbox.pop() else { break };
-                match self.session.text(msg.clone()).now_or_never() {
+                let item = match self.feed.next(&router, &registry) {
+                    Next::Item(item) => item,
+                    Next::Empty => {
+                        more = false;
+                        break;
+                    }
+                    Next::Evicted => {
+                        return End::Close(
+                            close::SLOW_CONSUMER,
+                            "slow consumer: fell behind the history window; resume with your cursor".into(),
+                        )
+                    }
+                };
+                match self.session.text(item.0.clone()).now_or_never() {
                     Some(Ok(())) => {
                         stuck_since = None;
+                        self.feed.written(&item, &router);
                         self.state.stats.message_delivered();
                     }
                     Some(Err(_)) => return End::Gone,
                     // The channel is full and nothing was sent: the message goes back to the
                     // front, and the `select!` below waits for room.
                     None => {
-                        mailbox.unpop(msg);
+                        self.feed.put_back(item);
+                        more = false;
                         break;
                     }
                 }
             }
-            let pending = !mailbox.is_empty();
-            if pending && stuck_since.is_none() {
+            let blocked = self.feed.blocked();
+            if blocked && stuck_since.is_none() {
                 let since = Instant::now();
                 stuck_since = Some(since);
                 if since + write_timeout < timer.deadline() {
@@ -452,6 +533,13 @@ impl Connection {
                         if let Err(end) = self.control(Control::Ping).await {
                             return end;
                         }
+                        if self.heartbeats && !self.feed.blocked() {
+                            let cursor = self.feed.cursor(&router);
+                            let beat = ServerMessage::Heartbeat { cursor: &cursor, server_time: &now_rfc3339() }.to_text();
+                            if let Err(end) = self.write(beat).await {
+                                return end;
+                            }
+                        }
                         next_ping = now + heartbeat;
                     }
                     let mut next = next_ping.min(expiry);
@@ -463,18 +551,21 @@ impl Connection {
                 // The only wait for the mailbox: a message queued or a kick. Either way the loop
                 // looks at both again, so a stored wake-up is never spent without effect.
                 () = mailbox.changed() => {}
-                // The channel was full: wait for room for the oldest message, which leaves the
-                // queue only once written.
-                written = write_front(&mut self.session, &mailbox), if pending => {
+                // The channel was full: wait for room for the message in line, which is taken
+                // out of the feed only once written.
+                written = write_head(&mut self.session, &mut self.feed), if blocked => {
                     match written {
-                        Ok(true) => {
+                        Ok(Some(item)) => {
                             stuck_since = None;
+                            self.feed.written(&item, &router);
                             self.state.stats.message_delivered();
                         }
-                        Ok(false) => {}
+                        Ok(None) => {}
                         Err(end) => return end,
                     }
                 }
+                // More to write than one turn takes: go round again once the above had a look.
+                () = std::future::ready(()), if more => {}
             }
         }
     }
@@ -528,20 +619,20 @@ enum Control {
     Pong(actix_web::web::Bytes),
 }
 
-/// Writes the oldest queued message and only then removes it from the queue. Abandoned by the
-/// `select!` before it completes, nothing was sent and the message is still first in line:
-/// actix-ws waits for room in its channel (`PollSender::poll_ready`, the only point where this
-/// future can be pending) and then hands the message over and flushes within the same poll.
-/// Returns whether a message was written (`false`: the queue was empty).
-async fn write_front(session: &mut Session, mailbox: &Mailbox) -> Result<bool, End> {
-    let Some(msg) = mailbox.front() else {
-        return Ok(false);
+/// Writes the message in line once the transport has room, and only then takes it out of the
+/// feed. Abandoned by the `select!` before it completes, nothing was sent and the message is
+/// still first in line: actix-ws waits for room in its channel (`PollSender::poll_ready`, the
+/// only point where this future can be pending) and then hands the message over and flushes
+/// within the same poll.
+async fn write_head(session: &mut Session, feed: &mut Feed) -> Result<Option<Queued>, End> {
+    let Some(item) = feed.take_head() else {
+        return Ok(None);
     };
-    match session.text(msg).await {
-        Ok(()) => {
-            mailbox.pop();
-            Ok(true)
-        }
+    let text = item.0.clone();
+    // Put back until written, so an abandoned write loses nothing.
+    feed.put_back(item);
+    match session.text(text).await {
+        Ok(()) => Ok(feed.take_head()),
         Err(_) => Err(End::Gone),
     }
 }
@@ -568,10 +659,14 @@ impl Connection {
             }
         };
         match envelope.kind.as_ref() {
-            "ping" => ServerMessage::Pong {
-                server_time: now_rfc3339(),
+            "ping" => {
+                let cursor = self.feed.cursor(&self.state.router);
+                ServerMessage::Pong {
+                    server_time: now_rfc3339(),
+                    cursor: Some(&cursor),
+                }
+                .to_text()
             }
-            .to_text(),
             "join_room" => match envelope.room.as_deref() {
                 Some(room) => self.join(room),
                 None => error("invalid_message", "join_room needs a string `room`"),

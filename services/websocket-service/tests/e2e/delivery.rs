@@ -225,15 +225,17 @@ fn rss_bytes() -> u64 {
     line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
 }
 
-/// A client that stops reading is disconnected once its queue is full; the other tab of the
-/// same user keeps receiving everything in order, and memory does not grow with what the stalled
-/// client failed to read.
+/// A client that stops reading falls behind: once its queue is full it is left to catch up from
+/// the history, and once it falls out of the history window it is disconnected (4008); the other
+/// tab of the same user keeps receiving everything in order, and memory does not grow with what
+/// the stalled client failed to read (the history's bound, not a copy per client).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_is_cut_off_and_nobody_else_notices() {
     let brokers = brokers();
     let topic = create_topic(&brokers, 1).await;
     let mut env = env_for(Some(&brokers), Some(&topic));
     set(&mut env, "SESSION_QUEUE_CAPACITY", "16");
+    set(&mut env, "HISTORY_MAX_BYTES", "8388608");
     let gw = TestGateway::start(env).await;
     gw.wait_ready().await;
     let mut healthy = connect(&gw.url(&token("s"))).await;

@@ -1,0 +1,170 @@
+//! What a session writes next, whatever its transport: its queue, then, when it fell behind or
+//! resumes, the shared history at its own pace, and back to live.
+//!
+//! A session that reads slower than a burst does not make its queue grow: when the queue is
+//! full it is skipped by the fan-out and catches up from the history (its cost is a position,
+//! not a copy of the backlog). It is cut (4008) only when it falls out of the history window,
+//! or when one write waits `WRITE_TIMEOUT_SECS` (no progress). A resuming session starts the
+//! same way, from the first entry its cursor has not seen; entries its cursor already covers
+//! (a replica behind the one that issued it) are skipped, so the seam has no duplicate.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::hub::cursor::Cursor;
+use crate::hub::history::Entry;
+use crate::hub::registry::{Mailbox, Queued, Registry, SessionId};
+use crate::hub::router::{message, Router};
+
+/// Most history entries looked at per catch-up step.
+const CATCH_UP_BATCH: usize = 64;
+
+/// The next thing to write.
+pub enum Next {
+    Item(Queued),
+    /// Nothing now.
+    Empty,
+    /// The session fell out of the history window: it must be cut and resume.
+    Evicted,
+}
+
+pub struct Feed {
+    mailbox: Arc<Mailbox>,
+    id: SessionId,
+    /// A message taken but not written (the transport had no room): first in line.
+    head: Option<Queued>,
+    /// Catch-up messages taken from the history, not yet written.
+    outbox: VecDeque<Queued>,
+    /// The cursor of the last message written (or the starting one).
+    last_cursor: Arc<str>,
+    /// A resume's cursor: entries it covers are not written again.
+    floor: Option<Box<Cursor>>,
+}
+
+impl Feed {
+    pub fn new(mailbox: Arc<Mailbox>, id: SessionId, start: Arc<str>, floor: Option<Cursor>) -> Self {
+        Feed {
+            mailbox,
+            id,
+            head: None,
+            outbox: VecDeque::new(),
+            last_cursor: start,
+            floor: floor.map(Box::new),
+        }
+    }
+
+    /// Whether a message is waiting for room in the transport.
+    pub fn blocked(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Takes the head back out (to write it while waiting for room).
+    pub fn take_head(&mut self) -> Option<Queued> {
+        self.head.take()
+    }
+
+    /// A message that could not be written yet goes back to the front.
+    pub fn put_back(&mut self, item: Queued) {
+        self.head = Some(item);
+    }
+
+    /// Records that `item` was written.
+    pub fn written(&mut self, item: &Queued, router: &Router) {
+        self.last_cursor = router.history().cursor_of(&item.1, router.instance());
+    }
+
+    /// The session's resume position now: the current frontier when it has written everything
+    /// offered to it, else the cursor of the last message written.
+    pub fn cursor(&self, router: &Router) -> Arc<str> {
+        let idle = || {
+            self.head.is_none()
+                && self.outbox.is_empty()
+                && self.mailbox.is_empty()
+                && self.mailbox.lag().is_none()
+        };
+        router.cursor_if(idle).unwrap_or_else(|| self.last_cursor.clone())
+    }
+
+    fn covered(&self, entry: &Entry, router: &Router) -> bool {
+        self.floor
+            .as_deref()
+            .is_some_and(|floor| covered(floor, entry, router.instance()))
+    }
+
+    /// The next message to write.
+    pub fn next(&mut self, router: &Router, registry: &Registry) -> Next {
+        if let Some(item) = self.head.take() {
+            return Next::Item(item);
+        }
+        loop {
+            if let Some(item) = self.mailbox.pop().or_else(|| self.outbox.pop_front()) {
+                if self.covered(&item.1, router) {
+                    continue;
+                }
+                return Next::Item(item);
+            }
+            let Some(seq) = self.mailbox.lag() else {
+                return Next::Empty;
+            };
+            let history = router.history();
+            let batch = history.range(seq, CATCH_UP_BATCH);
+            if batch.is_empty() {
+                if seq < history.oldest_seq() {
+                    return Next::Evicted;
+                }
+                if router.go_live(&self.mailbox, seq) {
+                    // Live: anything pushed from now on is in the queue.
+                    continue;
+                }
+                // Something was routed meanwhile: it is in the history.
+                continue;
+            }
+            self.mailbox.set_lag(batch.last().map_or(seq, |e| e.seq + 1));
+            for entry in batch {
+                if self.covered(&entry, router) {
+                    continue;
+                }
+                if let Some(room) = registry.offer_one(self.id, &entry) {
+                    let text = catch_up_message(&entry, room.as_deref(), router);
+                    self.outbox.push_back((text, entry));
+                }
+            }
+        }
+    }
+}
+
+/// The message of a history entry written during a catch-up (the same text live delivery
+/// writes).
+fn catch_up_message(entry: &Arc<Entry>, room: Option<&str>, router: &Router) -> ByteString {
+    let cursor = router.history().cursor_of(entry, router.instance());
+    entry.message(room, |room| message(entry, &cursor, room))
+}
+
+/// How many of the history's entries from `seq` on are for session `id` (what a resume will
+/// replay), skipping those `floor` covers.
+pub fn count_replay(router: &Router, registry: &Registry, id: SessionId, seq: u64, floor: &Cursor) -> usize {
+    let mut count = 0;
+    let mut at = seq;
+    loop {
+        let batch = router.history().range(at, 256);
+        let Some(last) = batch.last() else { return count };
+        at = last.seq + 1;
+        for entry in &batch {
+            if !covered(floor, entry, router.instance()) && registry.offer_one(id, entry).is_some() {
+                count += 1;
+            }
+        }
+    }
+}
+
+/// Whether a resume's cursor already covers `entry`.
+fn covered(floor: &Cursor, entry: &Entry, instance: u64) -> bool {
+    match entry.pos {
+        Some((p, offset)) => floor.frontier.covers(p, offset),
+        None => floor
+            .local
+            .is_some_and(|(i, upto)| i == instance && entry.local_upto <= upto),
+    }
+}
