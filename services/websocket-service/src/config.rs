@@ -79,6 +79,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PUBLISH_MAX_EVENTS", "api.publish_max_events"),
     ("PUBLISH_MAX_BODY_BYTES", "api.publish_max_body_bytes"),
     ("PUBLISH_TIMEOUT_MS", "api.publish_timeout_ms"),
+    ("SSE_HEARTBEAT_SECS", "sse.heartbeat_secs"),
+    ("SSE_RETRY_MS", "sse.retry_ms"),
+    ("SSE_TOKEN_COOKIE", "sse.token_cookie"),
+    ("CORS_ORIGINS", "sse.cors_origins"),
+    ("POLL_MAX_WAIT_SECS", "poll.max_wait_secs"),
+    ("POLL_MAX_EVENTS", "poll.max_events"),
     ("HISTORY_MAX_EVENTS", "history.max_events"),
     ("HISTORY_MAX_BYTES", "history.max_bytes"),
     ("HISTORY_MAX_AGE_SECS", "history.max_age_secs"),
@@ -88,7 +94,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["kafka.topics", "rooms.public", "rooms.user_scoped"];
+const LIST_KEYS: &[&str] = &[
+    "kafka.topics",
+    "rooms.public",
+    "rooms.user_scoped",
+    "sse.cors_origins",
+];
 
 /// Prefix of librdkafka pass-through properties in the environment.
 pub const RDKAFKA_ENV_PREFIX: &str = "RDKAFKA_";
@@ -103,6 +114,8 @@ pub struct Settings {
     pub dapr: DaprSettings,
     pub dedup: DedupSettings,
     pub history: HistorySettings,
+    pub sse: SseSettings,
+    pub poll: PollSettings,
     pub rooms: RoomsSettings,
     pub anonymous: AnonymousSettings,
     pub api: ApiSettings,
@@ -120,6 +133,31 @@ pub struct HistorySettings {
     pub max_bytes: usize,
     /// Oldest event held, in seconds; a replica that starts reads this much of the log back.
     pub max_age_secs: u64,
+}
+
+/// Server-Sent Events (`GET /events`) and the browser-facing HTTP transports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseSettings {
+    /// A comment and the current `id:` are sent this often, so proxies keep the stream open and
+    /// the browser's Last-Event-ID stays current.
+    pub heartbeat_secs: u64,
+    /// The `retry:` hint: how long an `EventSource` waits before it reconnects.
+    pub retry_ms: u64,
+    /// A cookie the token may come in (for `EventSource`, which cannot set headers).
+    pub token_cookie: Option<String>,
+    /// Origins allowed to call `/events` and `/events/poll` from a browser (`*` for any).
+    pub cors_origins: Vec<String>,
+}
+
+/// Long polling (`GET /events/poll`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollSettings {
+    /// The longest `wait` a poll may ask for.
+    pub max_wait_secs: u64,
+    /// Most events in one answer; the rest come with the next poll.
+    pub max_events: usize,
 }
 
 /// Rooms: who may join what, and how many.
@@ -384,6 +422,11 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("api.publish_max_events", DefaultValue::Int(100)),
     ("api.publish_max_body_bytes", DefaultValue::Int(1024 * 1024)),
     ("api.publish_timeout_ms", DefaultValue::Int(5000)),
+    ("sse.heartbeat_secs", DefaultValue::Int(15)),
+    ("sse.retry_ms", DefaultValue::Int(3000)),
+    ("sse.cors_origins", DefaultValue::List(&[])),
+    ("poll.max_wait_secs", DefaultValue::Int(30)),
+    ("poll.max_events", DefaultValue::Int(100)),
     ("history.max_events", DefaultValue::Int(100_000)),
     ("history.max_bytes", DefaultValue::Int(64 * 1024 * 1024)),
     ("history.max_age_secs", DefaultValue::Int(300)),

@@ -55,10 +55,17 @@ pub fn public_server(state: Arc<AppState>, listener: std::net::TcpListener) -> a
     let per_worker_cap = (server.max_connections / workers + 1024).max(1024);
     let data = web::Data::from(state.clone());
     let dapr_route = state.settings.dapr.route.clone();
+    let origins = state.settings.sse.cors_origins.clone();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .route("/ws", web::get().to(ws_route))
+            .service(
+                web::scope("/events")
+                    .wrap(cors(&origins))
+                    .route("", web::get().to(crate::transport::sse::events))
+                    .route("/poll", web::get().to(crate::transport::poll::poll)),
+            )
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
             .configure(|cfg| dapr_routes(cfg, &dapr_route))
@@ -98,6 +105,24 @@ pub fn internal_server(state: Arc<AppState>, listener: std::net::TcpListener) ->
     .listen(listener)?
     .run();
     Ok(server)
+}
+
+/// CORS for the browser-facing HTTP transports: only the configured origins (none by default),
+/// GET, and the Authorization and Last-Event-ID headers; credentials allowed, for a token cookie.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut cors = actix_cors::Cors::default()
+        .allowed_methods(["GET"])
+        .allowed_headers(["authorization", "last-event-id"])
+        .max_age(600);
+    if origins.iter().any(|o| o == "*") {
+        cors = cors.allow_any_origin().send_wildcard();
+    } else {
+        for origin in origins {
+            cors = cors.allowed_origin(origin);
+        }
+        cors = cors.supports_credentials();
+    }
+    cors
 }
 
 fn dapr_routes(cfg: &mut web::ServiceConfig, route: &str) {

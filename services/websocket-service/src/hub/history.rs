@@ -163,6 +163,8 @@ struct Inner {
     base: Frontier,
     /// (seq, frontier right after that entry), every CHECKPOINT_EVERY entries.
     checkpoints: VecDeque<(u64, Arc<Frontier>)>,
+    /// Whether any entry was evicted (the history no longer reaches back to the start).
+    evicted_any: bool,
 }
 
 pub struct History {
@@ -219,6 +221,7 @@ impl History {
                 break;
             }
             let old = inner.entries.pop_front().expect("front exists");
+            inner.evicted_any = true;
             inner.first_seq = old.seq + 1;
             inner.bytes = inner.bytes.saturating_sub(old.bytes());
             match old.pos {
@@ -349,6 +352,49 @@ impl History {
             }
         }
         Ok(start)
+    }
+
+    /// Where a client that saw every event up to Unix time `millis` (by event time) stands:
+    /// the cursor just before the first held entry that happened after it. `None` when every
+    /// held entry happened by then (the client is up to date).
+    pub fn cursor_before_time(&self, millis: u64, instance: u64) -> Option<Arc<str>> {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(millis);
+        let (first_after, previous) = {
+            let inner = self.inner.read();
+            let index = inner
+                .entries
+                .iter()
+                .position(|e| humantime::parse_rfc3339_weak(&e.timestamp).map_or(true, |t| t > at))?;
+            let previous = index.checked_sub(1).map(|i| inner.entries[i].clone());
+            (index == 0 && inner.evicted_any, previous)
+        };
+        Some(match previous {
+            Some(entry) => self.cursor_of(&entry, instance),
+            None if first_after => {
+                // Before what the history holds, and something older was evicted: a position
+                // that cannot be honoured, so the client is told to reload.
+                let inner = self.inner.read();
+                let mut frontier = inner.base.clone();
+                for offset in frontier.0.values_mut() {
+                    *offset = 0;
+                }
+                Cursor {
+                    frontier,
+                    local: Some((instance, 0)),
+                }
+                .encode()
+                .into()
+            }
+            None => {
+                let inner = self.inner.read();
+                Cursor {
+                    frontier: inner.base.clone(),
+                    local: Some((instance, inner.locals_from.saturating_sub(1))),
+                }
+                .encode()
+                .into()
+            }
+        })
     }
 
     /// Entries held and their approximate bytes.

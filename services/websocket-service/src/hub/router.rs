@@ -232,6 +232,14 @@ impl Router {
         idle().then(|| self.encoded(&mut core))
     }
 
+    /// The cursor of a client that saw every event that happened up to Unix time `millis` (the
+    /// budget app polls with a time).
+    pub fn cursor_at_time(&self, millis: u64) -> Arc<str> {
+        self.history
+            .cursor_before_time(millis, self.instance)
+            .unwrap_or_else(|| self.current_cursor())
+    }
+
     /// A catching-up session that reached `seq`: live again if nothing was routed since (taken
     /// under the routing lock, so no event slips between the history and the queue).
     pub fn go_live(&self, mailbox: &crate::hub::registry::Mailbox, seq: u64) -> bool {

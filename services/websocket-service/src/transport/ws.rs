@@ -13,15 +13,15 @@ use bytestring::ByteString;
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
-use crate::auth::AuthError;
 use crate::hub::registry::Slot;
 use task_events::valid_room_name;
 
 use crate::auth::grants::RoomPattern;
 use crate::hub::registry::Queued;
-use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit, Profile};
+use crate::hub::registry::{FilterChange, FilterRefused, JoinRefused, LimitHit};
 use crate::protocol::{close, now_rfc3339, ClientEnvelope, FilterData, RoomData, ServerMessage};
-use crate::transport::feed::{self, Feed, Next};
+use crate::transport::admission::{self, Request, Resumed};
+use crate::transport::feed::{Feed, Next};
 use crate::transport::refusals::{self, Refused};
 use crate::AppState;
 
@@ -44,14 +44,12 @@ pub async fn ws_route(
 ) -> actix_web::Result<HttpResponse> {
     // Counted before the drain check, so a drain that starts right after it waits for this one.
     let upgrading = Upgrading::new(state.clone().into_inner());
-    let token = token_from(&req);
-    let requested_workspace = query_param(&req, "workspace_id").filter(|w| !w.is_empty());
-    // `since=<cursor>` resumes; `since=` (empty) asks for resume positions from the start.
-    let since = query_param(&req, "since");
-    let peer = req.peer_addr().map(|a| a.ip().to_string());
-    let refusal_key = state
-        .refusals
-        .key(token.as_deref(), peer.as_deref(), requested_workspace.as_deref());
+    let request = Request::from_http(&req, None);
+    let refusal_key = state.refusals.key(
+        request.token.as_deref(),
+        request.peer.as_deref(),
+        request.workspace.as_deref(),
+    );
     if let Some(refused) = state.refusals.check(refusal_key) {
         state.stats.connection_rejected("refused_again");
         return Ok(refused_again(refused, state.settings.server.refusal_memory_secs));
@@ -69,134 +67,57 @@ pub async fn ws_route(
         });
         return Ok(response);
     }
-    let refuse = |code: u16, reason: &'static str| {
-        state.refusals.remember(refusal_key, Refused { code, reason });
-    };
-    let anonymous = token.is_none() && state.settings.anonymous.enabled;
-    let identity = match token {
-        Some(token) => state.auth.verify(&token).await,
-        None if anonymous => Ok(anonymous_identity()),
-        None => Err(AuthError::Missing),
-    };
-    let identity = match identity {
-        Ok(identity) => identity,
-        Err(error) if !error.is_permanent() => {
-            // This replica could not load its keys: the same token may pass in a moment.
-            state.stats.auth_failed(&error, peer.as_deref());
-            close_paced(
-                state.settings.server.overload_close_delay_ms,
-                session,
-                &format!("try again later: {error}"),
-            );
-            return Ok(response);
-        }
-        Err(error) => {
-            state.stats.auth_failed(&error, peer.as_deref());
-            refuse(close::UNAUTHORIZED, error.label());
-            close_now(session, close::UNAUTHORIZED, &format!("unauthorized: {error}")).await;
-            return Ok(response);
-        }
-    };
-    let workspace = if anonymous {
-        // An anonymous session belongs to no workspace (workspace events never reach it).
-        Ok(None)
-    } else {
-        identity.grants.workspace_for(requested_workspace.as_deref())
-    };
-    let workspace = match workspace {
-        Ok(workspace) => workspace,
-        Err(forbidden) => {
-            state.stats.connection_rejected("workspace_forbidden");
-            tracing::info!(user_id = %identity.user_id, %forbidden, "websocket session refused");
-            refuse(close::FORBIDDEN, "workspace_forbidden");
-            close_now(session, close::FORBIDDEN, &format!("forbidden: {forbidden}")).await;
-            return Ok(response);
-        }
-    };
-    let profile = Profile {
-        user: identity.user_id.clone(),
-        workspace: workspace.clone(),
-        roles: identity.grants.roles.clone(),
-        anonymous,
-    };
-    let resume = since
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(crate::hub::cursor::Cursor::decode);
-    let floor = resume.as_ref().and_then(|r| r.as_ref().ok().cloned());
-    let admitted = match state.router.admit_resuming(&state.registry, profile, resume) {
+    let admitted = match admission::admit(&state, &request).await {
         Ok(admitted) => admitted,
-        Err(limit) => {
-            state.stats.connection_rejected(match limit {
-                LimitHit::Total => "limit_total",
-                LimitHit::PerUser => "limit_per_user",
-                LimitHit::Anonymous => "limit_anonymous",
-                LimitHit::Draining => "draining",
-            });
-            tracing::info!(user_id = %identity.user_id, %limit, "websocket session refused");
-            match limit {
-                LimitHit::PerUser => {
-                    refuse(close::TOO_MANY_CONNECTIONS, "too_many_connections");
+        Err(refused) => {
+            let remember = |code: u16, reason: &'static str| {
+                state.refusals.remember(refusal_key, Refused { code, reason });
+            };
+            let delay = state.settings.server.overload_close_delay_ms;
+            match refused {
+                admission::Refused::Token(error) => {
+                    remember(close::UNAUTHORIZED, error.label());
+                    close_now(session, close::UNAUTHORIZED, &format!("unauthorized: {error}")).await;
+                }
+                // This replica could not load its keys: the same token may pass in a moment.
+                admission::Refused::KeysUnavailable(error) => {
+                    close_paced(delay, session, &format!("try again later: {error}"));
+                }
+                admission::Refused::Forbidden(why) => {
+                    remember(close::FORBIDDEN, "forbidden");
+                    close_now(session, close::FORBIDDEN, &format!("forbidden: {why}")).await;
+                }
+                admission::Refused::TooMany(what) => {
+                    close_now(session, close::FORBIDDEN, &format!("forbidden: too many {what}")).await;
+                }
+                admission::Refused::Limit(limit @ LimitHit::PerUser) => {
+                    remember(close::TOO_MANY_CONNECTIONS, "too_many_connections");
                     close_now(session, limit.close_code(), &limit.to_string()).await;
                 }
-                LimitHit::Total | LimitHit::Anonymous => close_paced(
-                    state.settings.server.overload_close_delay_ms,
-                    session,
-                    &format!("try again later: {limit}"),
-                ),
-                LimitHit::Draining => {
-                    close_now(session, limit.close_code(), "server shutting down: reconnect").await;
+                admission::Refused::Limit(limit @ (LimitHit::Total | LimitHit::Anonymous)) => {
+                    close_paced(delay, session, &format!("try again later: {limit}"));
+                }
+                admission::Refused::Limit(LimitHit::Draining) => {
+                    close_now(session, close::GOING_AWAY, "server shutting down: reconnect").await;
                 }
             }
             return Ok(response);
         }
     };
     drop(upgrading);
-    let crate::hub::router::Admitted {
-        slot,
-        cursor: start_cursor,
-        resume,
-    } = admitted;
-    if state.user_rooms.memberships.enabled() {
-        state
-            .user_rooms
-            .admit(slot.id(), workspace.as_deref(), &identity.user_id);
-    }
-    let outcome = resume.map(|r| match r {
-        Ok(seq) => Resumed::Replaying(if seq == u64::MAX {
-            0
-        } else {
-            feed::count_replay(
-                &state.router,
-                &state.registry,
-                slot.id(),
-                seq,
-                floor.as_ref().unwrap_or(&Default::default()),
-            )
-        }),
-        Err(why) => Resumed::Not(why.reason()),
-    });
-    let feed = Feed::new(
-        slot.mailbox().clone(),
-        slot.id(),
-        start_cursor,
-        // A cursor that cannot be honoured starts live: nothing of it is a floor.
-        floor.filter(|_| matches!(outcome, Some(Resumed::Replaying(_)))),
-    );
     let stream = stream
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.settings.server.max_frame_bytes);
-    let grants = &identity.grants;
     let conn = Connection {
         state: state.into_inner(),
-        valid_until: identity.valid_until,
-        room_grants: (!grants.rooms.is_empty()).then(|| grants.rooms.clone()),
-        workspace,
-        heartbeats: since.is_some(),
-        resumed: outcome,
-        feed,
-        slot: SlotGuard::new(slot),
+        valid_until: admitted.identity.valid_until,
+        room_grants: admitted.room_grants,
+        workspace: admitted.workspace,
+        heartbeats: request.since.is_some(),
+        resumed: admitted.resumed,
+        feed: admitted.feed,
+        slot: SlotGuard::new(admitted.slot),
         session,
     };
     actix_web::rt::spawn(conn.run(stream));
@@ -233,15 +154,6 @@ fn close_paced(delay_ms: u64, session: Session, reason: &str) {
     });
 }
 
-/// The identity of a session without a token: a user id no producer can address, and no grant.
-fn anonymous_identity() -> crate::auth::Identity {
-    crate::auth::Identity {
-        user_id: format!("anonymous:{}", uuid::Uuid::new_v4().simple()).into(),
-        valid_until: u64::MAX,
-        grants: Default::default(),
-    }
-}
-
 /// Counts an upgrade from acceptance until it is admitted or refused.
 struct Upgrading(Arc<AppState>);
 
@@ -256,54 +168,6 @@ impl Drop for Upgrading {
     fn drop(&mut self) {
         self.0.upgrading.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
-}
-
-/// A query parameter, percent-decoded.
-fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
-    req.query_string().split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| percent_decode(value))
-    })
-}
-
-/// The token from `?token=` (what existing clients send) or `Authorization: Bearer`.
-fn token_from(req: &HttpRequest) -> Option<String> {
-    let from_query = query_param(req, "token");
-    let from_header = || {
-        let value = req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)?
-            .to_str()
-            .ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string())
-    };
-    from_query.filter(|t| !t.is_empty()).or_else(from_header)
-}
-
-/// JWTs are URL-safe, but a client may still percent-encode the query value.
-fn percent_decode(s: &str) -> String {
-    if !s.contains('%') {
-        return s.to_string();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn close_now(session: Session, code: u16, reason: &str) {
@@ -367,15 +231,6 @@ struct Connection {
     feed: Feed,
     slot: SlotGuard,
     session: Session,
-}
-
-/// What came of a resume.
-#[derive(Debug, Clone, Copy)]
-enum Resumed {
-    /// Everything missed is replayed: this many events.
-    Replaying(usize),
-    /// It cannot be: the client reloads its state.
-    Not(&'static str),
 }
 
 /// Why the loop ended.
@@ -844,24 +699,11 @@ fn kick_reason(code: u16) -> &'static str {
 }
 
 /// A Unix time as a monotonic instant (at most ten years ahead).
-fn expiry_instant(exp: u64) -> Instant {
+pub(crate) fn expiry_instant(exp: u64) -> Instant {
     let now_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let left = Duration::from_secs(exp.saturating_sub(now_unix).min(10 * 365 * 24 * 3600));
     Instant::now() + left
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a.b.c"), "a.b.c");
-        assert_eq!(percent_decode("a%2Eb"), "a.b");
-        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
-        assert_eq!(percent_decode("%é%"), "%é%");
-    }
 }

@@ -9,5 +9,6 @@ mod drain;
 mod faults;
 mod harness;
 mod protocol;
+mod resume;
 mod seeds;
 mod spine;

@@ -1,0 +1,299 @@
+//! Admitting a session, whatever its transport (WebSocket, SSE, polling): the token, the
+//! workspace, the rooms and filter asked for at connect, the limits, and a resume.
+//!
+//! The transports differ only in how a refusal reaches the client (a close after the upgrade,
+//! an HTTP status), so the decisions live here once.
+
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+
+use crate::auth::grants::RoomPattern;
+use crate::auth::{AuthError, Identity};
+use crate::hub::cursor::Cursor;
+use crate::hub::registry::{FilterChange, LimitHit, Profile, Slot};
+use crate::transport::feed::{self, Feed};
+use crate::AppState;
+
+/// What a client asks for when it connects.
+#[derive(Debug, Default)]
+pub struct Request {
+    pub token: Option<String>,
+    /// `workspace_id`.
+    pub workspace: Option<String>,
+    /// `since`: a cursor, a Unix time in seconds (polling), or empty (positions wanted).
+    pub since: Option<String>,
+    /// `rooms`: joined at connect, so a resume replays their events too.
+    pub rooms: Vec<String>,
+    /// `event_types`: the initial filter.
+    pub event_types: Vec<String>,
+    /// The peer's address, for logs (and, without a token, the refusal memory).
+    pub peer: Option<String>,
+}
+
+impl Request {
+    /// Reads the token (`?token=`, `Authorization: Bearer`, or the cookie `SSE_TOKEN_COOKIE`
+    /// when `cookie` is set) and the query parameters.
+    pub fn from_http(req: &HttpRequest, cookie: Option<&str>) -> Self {
+        let list = |name: &str| {
+            query_param(req, name)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let from_cookie = || {
+            let name = cookie.filter(|n| !n.is_empty())?;
+            req.cookie(name).map(|c| c.value().to_string())
+        };
+        Request {
+            token: token_from(req).or_else(from_cookie),
+            workspace: query_param(req, "workspace_id").filter(|w| !w.is_empty()),
+            since: query_param(req, "since"),
+            rooms: list("rooms"),
+            event_types: list("event_types"),
+            peer: req.peer_addr().map(|a| a.ip().to_string()),
+        }
+    }
+
+    /// `since`, when it is a cursor (not empty, not a Unix time).
+    pub fn cursor(&self) -> Option<&str> {
+        self.since
+            .as_deref()
+            .filter(|s| !s.is_empty() && s.parse::<f64>().is_err())
+    }
+}
+
+/// Why a session was not admitted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The token is at fault (for good): 4001 / 401.
+    Token(AuthError),
+    /// The signing keys could not be loaded: transient.
+    KeysUnavailable(AuthError),
+    /// A workspace or room the token does not grant: 4003 / 403.
+    Forbidden(String),
+    /// A limit, or the drain.
+    Limit(LimitHit),
+    /// More rooms or event types asked for at connect than allowed: 400.
+    TooMany(&'static str),
+}
+
+/// What came of a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// Everything missed is replayed: this many events.
+    Replaying(usize),
+    /// It cannot be: the client reloads its state.
+    Not(&'static str),
+}
+
+/// An admitted session.
+pub struct Admitted {
+    pub identity: Identity,
+    pub workspace: Option<Arc<str>>,
+    pub slot: Slot,
+    pub feed: Feed,
+    /// For a resume, what came of it.
+    pub resumed: Option<Resumed>,
+    /// The rooms the token grants, when it grants any.
+    pub room_grants: Option<Box<[RoomPattern]>>,
+}
+
+/// Decides on a session and admits it.
+pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
+    let anonymous = req.token.is_none() && state.settings.anonymous.enabled;
+    let identity = match &req.token {
+        Some(token) => state.auth.verify(token).await,
+        None if anonymous => Ok(anonymous_identity()),
+        None => Err(AuthError::Missing),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(error) => {
+            state.stats.auth_failed(&error, req.peer.as_deref());
+            return Err(if error.is_permanent() {
+                Refused::Token(error)
+            } else {
+                Refused::KeysUnavailable(error)
+            });
+        }
+    };
+    let workspace = if anonymous {
+        // An anonymous session belongs to no workspace (workspace events never reach it).
+        None
+    } else {
+        match identity.grants.workspace_for(req.workspace.as_deref()) {
+            Ok(workspace) => workspace,
+            Err(forbidden) => {
+                state.stats.connection_rejected("workspace_forbidden");
+                return Err(Refused::Forbidden(forbidden.to_string()));
+            }
+        }
+    };
+    let room_grants = &identity.grants.rooms;
+    let rooms_max = state.settings.rooms.max_per_session;
+    if req.rooms.len() > rooms_max {
+        return Err(Refused::TooMany("rooms"));
+    }
+    if req.event_types.len() > state.settings.server.max_event_filters {
+        return Err(Refused::TooMany("event_types"));
+    }
+    for room in &req.rooms {
+        let granted = task_events::valid_room_name(room)
+            && room_grants
+                .iter()
+                .chain(state.public_rooms.iter())
+                .any(|p| p.matches(room));
+        if !granted {
+            state.stats.connection_rejected("room_forbidden");
+            return Err(Refused::Forbidden(format!(
+                "room {} is not granted by the token and is not public",
+                room.chars().take(64).collect::<String>()
+            )));
+        }
+    }
+    let profile = Profile {
+        user: identity.user_id.clone(),
+        workspace: workspace.clone(),
+        roles: identity.grants.roles.clone(),
+        anonymous,
+    };
+    let resume = req.cursor().map(Cursor::decode);
+    let floor = resume.as_ref().and_then(|r| r.as_ref().ok().cloned());
+    let admitted = state
+        .router
+        .admit_resuming(&state.registry, profile, resume)
+        .map_err(|limit| {
+            state.stats.connection_rejected(match limit {
+                LimitHit::Total => "limit_total",
+                LimitHit::PerUser => "limit_per_user",
+                LimitHit::Anonymous => "limit_anonymous",
+                LimitHit::Draining => "draining",
+            });
+            Refused::Limit(limit)
+        })?;
+    let crate::hub::router::Admitted {
+        slot,
+        cursor: start,
+        resume,
+    } = admitted;
+    // Rooms and filter before the replay is counted (and read), so it includes their events.
+    for room in &req.rooms {
+        let _ = state.registry.join(slot.id(), room, rooms_max);
+    }
+    if !req.event_types.is_empty() {
+        let _ = state.registry.change_filter(
+            slot.id(),
+            FilterChange::Add(req.event_types.clone()),
+            state.settings.server.max_event_filters,
+        );
+    }
+    if state.user_rooms.memberships.enabled() {
+        state
+            .user_rooms
+            .admit(slot.id(), workspace.as_deref(), &identity.user_id);
+    }
+    let resumed = resume.map(|r| match r {
+        Ok(u64::MAX) => Resumed::Replaying(0),
+        Ok(seq) => Resumed::Replaying(feed::count_replay(
+            &state.router,
+            &state.registry,
+            slot.id(),
+            seq,
+            floor.as_ref().unwrap_or(&Cursor::default()),
+        )),
+        Err(why) => Resumed::Not(why.reason()),
+    });
+    let feed = Feed::new(
+        slot.mailbox().clone(),
+        slot.id(),
+        start,
+        // A cursor that cannot be honoured starts live: nothing of it is a floor.
+        floor.filter(|_| matches!(resumed, Some(Resumed::Replaying(_)))),
+    );
+    let room_grants = (!identity.grants.rooms.is_empty()).then(|| identity.grants.rooms.clone());
+    Ok(Admitted {
+        identity,
+        workspace,
+        slot,
+        feed,
+        resumed,
+        room_grants,
+    })
+}
+
+/// The identity of a session without a token: a user id no producer can address, and no grant.
+fn anonymous_identity() -> Identity {
+    Identity {
+        user_id: format!("anonymous:{}", uuid::Uuid::new_v4().simple()).into(),
+        valid_until: u64::MAX,
+        grants: Default::default(),
+    }
+}
+
+/// A query parameter, percent-decoded.
+pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+    req.query_string().split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| percent_decode(value))
+    })
+}
+
+/// The token from `?token=` (what existing clients send) or `Authorization: Bearer`.
+pub fn token_from(req: &HttpRequest) -> Option<String> {
+    let from_query = query_param(req, "token");
+    let from_header = || {
+        let value = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string())
+    };
+    from_query.filter(|t| !t.is_empty()).or_else(from_header)
+}
+
+/// Query values may be percent-encoded (a cursor never is: it is base64url).
+pub fn percent_decode(s: &str) -> String {
+    if !s.contains('%') && !s.contains('+') {
+        return s.to_string();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a.b.c"), "a.b.c");
+        assert_eq!(percent_decode("a%2Eb"), "a.b");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(percent_decode("%é%"), "%é%");
+        assert_eq!(percent_decode("a+b"), "a b");
+    }
+}
