@@ -14,7 +14,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytestring::ByteString;
 use parking_lot::RwLock;
 use task_events::{Audience, Event};
 
@@ -46,8 +45,6 @@ pub struct Entry {
     pub at: Instant,
     /// Its cursor, once computed.
     cursor: OnceLock<Arc<str>>,
-    /// Its message without a room, once built.
-    plain: OnceLock<ByteString>,
 }
 
 impl Entry {
@@ -68,7 +65,6 @@ impl Entry {
             timestamp: timestamp.into(),
             at: Instant::now(),
             cursor: OnceLock::new(),
-            plain: OnceLock::new(),
         }
     }
 
@@ -95,15 +91,6 @@ impl Entry {
 
     pub fn cursor(&self) -> Option<Arc<str>> {
         self.cursor.get().cloned()
-    }
-
-    /// The message for a session that it reached through `room` (or none), built once per
-    /// entry for the usual case without a room.
-    pub fn message(&self, room: Option<&str>, build: impl Fn(Option<&str>) -> ByteString) -> ByteString {
-        match room {
-            None => self.plain.get_or_init(|| build(None)).clone(),
-            Some(_) => build(room),
-        }
     }
 
     /// Approximate memory, for the byte bound.

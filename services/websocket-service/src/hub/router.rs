@@ -194,7 +194,7 @@ impl Router {
                 }
                 .encode()
             });
-            entry.message(room, |room| message(&entry, &cursor, room))
+            message(&entry, &cursor, room)
         });
         drop(core);
         if delivery.dropped > 0 {

@@ -63,6 +63,9 @@ pub fn client_config(settings: &KafkaSettings) -> ClientConfig {
         // its default (1 s) would stall delivery for a second after every big fetch. The
         // consume loop drains the queue as fast as it fills, so a short pause is enough.
         .set("fetch.queue.backoff.ms", "10")
+        // What librdkafka prefetches ahead of the consume loop. Its default (64 MiB) sits on top
+        // of the history (HISTORY_MAX_BYTES); 16 MiB still holds tens of thousands of events.
+        .set("queued.max.messages.kbytes", "16384")
         .set_log_level(RDKafkaLogLevel::Warning);
     for (key, value) in &settings.properties {
         config.set(key, value);

@@ -138,8 +138,9 @@ impl Feed {
 /// The message of a history entry written during a catch-up (the same text live delivery
 /// writes).
 fn catch_up_message(entry: &Arc<Entry>, room: Option<&str>, router: &Router) -> ByteString {
+    // Built per session: the history keeps the event, not its text (half the memory).
     let cursor = router.history().cursor_of(entry, router.instance());
-    entry.message(room, |room| message(entry, &cursor, room))
+    message(entry, &cursor, room)
 }
 
 /// How many of the history's entries from `seq` on are for session `id` (what a resume will

@@ -510,6 +510,10 @@ impl ServiceProcess {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, name: &str) {
         let sent = std::process::Command::new("kill")
             .args([&format!("-{name}"), &self.child.id().to_string()])

@@ -405,3 +405,104 @@ async fn a_stalled_sse_client_is_cut_without_hurting_others() {
     drop(stalled);
     gw.stop().await;
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+/// Slow is not dead: 20,000 events of 8 KiB produced at once for one user, one client reading at
+/// full speed (faster than its queue, slower than the burst), one never reading. The reader gets
+/// all 20,000 in order (it catches up from the history instead of being cut); the stalled one is
+/// cut; the process stays under 256 MiB RSS throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_reaches_a_fast_reader_while_a_stalled_one_costs_little() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let service = ServiceProcess::spawn(&[
+        ("KAFKA_BROKERS", &brokers),
+        ("KAFKA_TOPICS", &topic),
+        ("RDKAFKA_FETCH_WAIT_MAX_MS", "10"),
+    ])
+    .await;
+    let base = service.base();
+    let deadline = std::time::Instant::now() + WAIT;
+    while reqwest::get(format!("http://{base}/ready"))
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("ws://{base}/ws?token={}", token("burst"));
+    let mut reader = connect(&url).await;
+    let _stalled = connect_small_buffer(&url).await;
+    let pid = service.pid();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_mib(pid), std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let total: u64 = 20_000;
+    let read = tokio::spawn(async move {
+        for seq in 0..total {
+            let msg = reader.recv().await;
+            assert_eq!(msg["task"]["seq"], seq, "in order, none missing");
+        }
+        reader
+    });
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let blob = "b".repeat(8 * 1024);
+    let started = std::time::Instant::now();
+    let mut sends = futures_util::stream::FuturesUnordered::new();
+    for seq in 0..total {
+        let payload = task_event("burst", "task.updated", json!({"seq": seq, "blob": blob}));
+        let producer = producer.clone();
+        let topic = topic.clone();
+        sends.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key("burst").payload(&payload),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+        while sends.len() >= 2000 {
+            sends.next().await.unwrap().expect("produce");
+        }
+    }
+    while let Some(sent) = sends.next().await {
+        sent.expect("produce");
+    }
+    let mut reader = tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the reader got all 20,000")
+        .unwrap();
+    let elapsed = started.elapsed();
+    reader.assert_nothing_pending().await;
+    sampler.abort();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("burst: 20000 x 8 KiB read in {elapsed:?}, peak RSS {peak} MiB");
+    assert!(peak < 256, "peak RSS {peak} MiB");
+}
