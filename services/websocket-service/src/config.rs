@@ -88,6 +88,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HISTORY_MAX_EVENTS", "history.max_events"),
     ("HISTORY_MAX_BYTES", "history.max_bytes"),
     ("HISTORY_MAX_AGE_SECS", "history.max_age_secs"),
+    ("CATCHUP_WINDOW_SECS", "history.catchup_window_secs"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -133,6 +134,10 @@ pub struct HistorySettings {
     pub max_bytes: usize,
     /// Oldest event held, in seconds; a replica that starts reads this much of the log back.
     pub max_age_secs: u64,
+    /// A session that sent no cursor and ends is remembered this long: the next session of the
+    /// same user that connects without a cursor, on any replica, takes over from it (replay,
+    /// rooms, filter). 0 turns it off.
+    pub catchup_window_secs: u64,
 }
 
 /// Server-Sent Events (`GET /events`) and the browser-facing HTTP transports.
@@ -430,6 +435,7 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("history.max_events", DefaultValue::Int(100_000)),
     ("history.max_bytes", DefaultValue::Int(64 * 1024 * 1024)),
     ("history.max_age_secs", DefaultValue::Int(300)),
+    ("history.catchup_window_secs", DefaultValue::Int(60)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -665,6 +671,7 @@ impl Settings {
             1 << 40,
         )?;
         within("HISTORY_MAX_AGE_SECS", self.history.max_age_secs, 1, DAY)?;
+        within("CATCHUP_WINDOW_SECS", self.history.catchup_window_secs, 0, DAY)?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -64,6 +64,8 @@ pub struct AppState {
     pub refusals: transport::refusals::Refusals,
     /// Rooms that belong to the user (`ROOMS_USER_SCOPED`).
     pub user_rooms: Arc<hub::memberships::UserRooms>,
+    /// Where cursor-less sessions that ended stood (`CATCHUP_WINDOW_SECS`).
+    pub handoffs: Arc<hub::handoff::Handoffs>,
     /// Writes control records, when the control topic is used.
     pub control: Option<Arc<ingest::control::Control>>,
 }
@@ -157,13 +159,26 @@ impl Gateway {
         let publisher = ingest::publish::Producer::from_settings(&settings)?;
         let settings_refusal_secs = settings.server.refusal_memory_secs;
         let settings_refusal_capacity = settings.server.refusal_memory_capacity;
-        let (control, control_loop) = if settings.kafka_enabled() && user_rooms.memberships.enabled() {
-            let (control, run) =
-                ingest::control::start(&settings, user_rooms.clone(), readiness.clone(), sources.clone())?;
-            (Some(control), Some(run))
-        } else {
-            (None, None)
-        };
+        let handoffs = Arc::new(hub::handoff::Handoffs::new(
+            if settings.history.max_events > 0 {
+                settings.history.catchup_window_secs
+            } else {
+                0
+            },
+            8,
+        ));
+        let (control, control_loop) =
+            if settings.kafka_enabled() && (user_rooms.memberships.enabled() || handoffs.enabled()) {
+                let shared = Arc::new(ingest::control::Shared {
+                    rooms: user_rooms.clone(),
+                    handoffs: handoffs.clone(),
+                });
+                let (control, run) =
+                    ingest::control::start(&settings, shared, readiness.clone(), sources.clone())?;
+                (Some(control), Some(run))
+            } else {
+                (None, None)
+            };
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -176,6 +191,7 @@ impl Gateway {
             public_rooms,
             publisher,
             user_rooms,
+            handoffs,
             control,
             refusals: transport::refusals::Refusals::new(
                 std::time::Duration::from_secs(settings_refusal_secs),
@@ -227,9 +243,13 @@ impl Gateway {
                 run,
             )));
         }
-        if self.state.user_rooms.memberships.enabled() {
+        if self.state.user_rooms.memberships.enabled() || self.state.handoffs.enabled() {
+            let shared = Arc::new(ingest::control::Shared {
+                rooms: self.state.user_rooms.clone(),
+                handoffs: self.state.handoffs.clone(),
+            });
             tasks.push(tokio::spawn(ingest::control::maintain(
-                self.state.user_rooms.clone(),
+                shared,
                 self.state.control.clone(),
                 self.sources.clone(),
             )));

@@ -6,12 +6,14 @@
 //!   every source.
 //! - [`dedup`]: one event, one delivery, within a bounded window.
 //! - [`cursor`]: resume positions derived from the Kafka log (the same on every replica).
+//! - [`handoff`]: where sessions that sent no cursor stood, for the next one of the user.
 //! - [`history`]: recent events, what resumes replay and slow sessions catch up from.
 //! - [`memberships`]: rooms that belong to the user (every session, every replica, across
 //!   reconnects).
 
 pub mod cursor;
 pub mod dedup;
+pub mod handoff;
 pub mod history;
 pub mod memberships;
 pub mod registry;

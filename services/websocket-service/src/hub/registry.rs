@@ -610,6 +610,17 @@ impl Registry {
         outcome
     }
 
+    /// The rooms a session is in and its filter (what a session that takes over from it gets).
+    pub fn choices_of(&self, id: SessionId) -> (Vec<String>, Vec<String>) {
+        let index = self.index.read();
+        index.sessions.get(&id).map_or_else(Default::default, |e| {
+            (
+                e.rooms.iter().map(|r| r.to_string()).collect(),
+                e.filter.iter().flatten().map(|t| t.to_string()).collect(),
+            )
+        })
+    }
+
     /// Whether history entry `event` is for session `id`, as [`Registry::deliver`] would decide:
     /// `Some(room)` (the room it reaches the session through, if any) or `None`.
     pub fn offer_one(&self, id: SessionId, event: &Entry) -> Option<Option<Box<str>>> {

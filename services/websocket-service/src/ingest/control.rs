@@ -22,7 +22,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::health::Readiness;
+use crate::hub::handoff::{Ended, Handoffs};
 use crate::hub::memberships::{Membership, UserRooms};
+
+/// What the control records are applied to.
+pub struct Shared {
+    pub rooms: Arc<UserRooms>,
+    pub handoffs: Arc<Handoffs>,
+}
 use crate::ingest::kafka::{client_config, producer_config};
 
 const PART: &str = "control";
@@ -37,8 +44,17 @@ impl Control {
     /// Writes a membership (join or refresh), or its tombstone (leave). Errors are logged: the
     /// local state is already applied, and a refresh will write a join again.
     pub fn publish_membership(self: &Arc<Self>, m: &Membership, join: bool) {
-        let key = m.key();
         let value = join.then(|| serde_json::to_string(m).unwrap_or_default());
+        self.publish(m.key(), value);
+    }
+
+    /// Writes where an ended session stood (`taken`: its tombstone, it was taken over).
+    pub fn publish_ended(self: &Arc<Self>, e: &Ended, taken: bool) {
+        let value = (!taken).then(|| serde_json::to_string(e).unwrap_or_default());
+        self.publish(e.key(), value);
+    }
+
+    fn publish(self: &Arc<Self>, key: String, value: Option<String>) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut record = FutureRecord::to(&this.topic).key(&key);
@@ -54,16 +70,19 @@ impl Control {
 
 /// The periodic upkeep of memberships (refresh, expiry): every quarter of the TTL, at most a
 /// minute.
-pub async fn maintain(rooms: Arc<UserRooms>, control: Option<Arc<Control>>, shutdown: CancellationToken) {
-    let period = Duration::from_secs((rooms.memberships.ttl_secs / 4).clamp(1, 60));
+pub async fn maintain(shared: Arc<Shared>, control: Option<Arc<Control>>, shutdown: CancellationToken) {
+    let period = Duration::from_secs((shared.rooms.memberships.ttl_secs / 4).clamp(1, 60));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(period) => rooms.maintain(|m| {
-                if let Some(control) = &control {
-                    control.publish_membership(m, true);
-                }
-            }),
+            () = tokio::time::sleep(period) => {
+                shared.rooms.maintain(|m| {
+                    if let Some(control) = &control {
+                        control.publish_membership(m, true);
+                    }
+                });
+                shared.handoffs.expire(crate::hub::memberships::unix_now());
+            }
         }
     }
 }
@@ -71,7 +90,7 @@ pub async fn maintain(rooms: Arc<UserRooms>, control: Option<Arc<Control>>, shut
 /// Creates the producer and returns the consume loop, which the caller runs under supervision.
 pub fn start(
     settings: &Settings,
-    state: Arc<UserRooms>,
+    state: Arc<Shared>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Arc<Control>, crate::supervise::Restartable)> {
@@ -111,7 +130,7 @@ async fn consume(
     consumer: Arc<StreamConsumer>,
     topic: String,
     admin: Option<Arc<AdminClient<DefaultClientContext>>>,
-    state: Arc<UserRooms>,
+    state: Arc<Shared>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
@@ -126,8 +145,16 @@ async fn consume(
         let t = topic.clone();
         let found = tokio::task::spawn_blocking(move || assign_from_start(&c, &t)).await;
         match found {
-            Ok(Ok(targets)) => break targets,
-            Ok(Err(reason)) => readiness.problem(PART, reason),
+            Ok(Ok(targets)) => {
+                readiness.recover(PART);
+                break targets;
+            }
+            // A missing control topic must not keep the replica out of the Service for good:
+            // it serves, with user-scoped rooms and catch-up kept to itself, and says so.
+            Ok(Err(reason)) => {
+                readiness.open(PART);
+                readiness.degrade(PART, reason);
+            }
             Err(error) => readiness.problem(PART, format!("control assignment task failed: {error}")),
         }
         tokio::select! {
@@ -164,7 +191,11 @@ async fn consume(
                 targets.remove(&msg.partition());
             }
             if targets.is_empty() {
-                tracing::info!(memberships = state.memberships.len(), "control topic caught up");
+                tracing::info!(
+                    memberships = state.rooms.memberships.len(),
+                    ended_sessions = state.handoffs.len(),
+                    "control topic caught up"
+                );
                 readiness.open(PART);
             }
         }
@@ -173,21 +204,28 @@ async fn consume(
 
 /// One control record. Unknown or malformed records are skipped (a newer replica may write
 /// kinds this one does not know).
-fn apply(state: &UserRooms, key: Option<&[u8]>, value: Option<&[u8]>) {
+fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
     let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
         return;
     };
-    let Some(named) = Membership::from_key(key) else {
-        return;
-    };
-    match value {
-        None => state.apply_leave(&named),
-        Some(bytes) => match serde_json::from_slice::<Membership>(bytes) {
-            Ok(m) if m.user == named.user && m.room == named.room && m.workspace == named.workspace => {
-                state.apply_join(&m)
-            }
-            _ => tracing::debug!(key, "control record skipped: value does not match its key"),
-        },
+    if let Some(named) = Membership::from_key(key) {
+        match value {
+            None => state.rooms.apply_leave(&named),
+            Some(bytes) => match serde_json::from_slice::<Membership>(bytes) {
+                Ok(m) if m.user == named.user && m.room == named.room && m.workspace == named.workspace => {
+                    state.rooms.apply_join(&m)
+                }
+                _ => tracing::debug!(key, "control record skipped: value does not match its key"),
+            },
+        }
+    } else if let Some((workspace, user, id)) = Ended::from_key(key) {
+        match value {
+            None => state.handoffs.remove(workspace.as_deref(), &user, &id),
+            Some(bytes) => match serde_json::from_slice::<Ended>(bytes) {
+                Ok(e) if e.id == id && e.user == user && e.workspace == workspace => state.handoffs.ended(e),
+                _ => tracing::debug!(key, "control record skipped: value does not match its key"),
+            },
+        }
     }
 }
 

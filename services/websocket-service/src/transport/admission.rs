@@ -102,6 +102,8 @@ pub struct Admitted {
     pub resumed: Option<Resumed>,
     /// The rooms the token grants, when it grants any.
     pub room_grants: Option<Box<[RoomPattern]>>,
+    /// It took over from an ended session (a client without a cursor).
+    pub took_over: bool,
 }
 
 /// Decides on a session and admits it.
@@ -135,8 +137,44 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
             }
         }
     };
+    // A client that sends no cursor takes over where the user's last such session stood (on any
+    // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
+    let handoff = (req.since.is_none() && !anonymous && state.handoffs.enabled())
+        .then(|| {
+            state.handoffs.claim(
+                workspace.as_deref(),
+                &identity.user_id,
+                crate::hub::memberships::unix_now(),
+            )
+        })
+        .flatten();
+    if let (Some(taken), Some(control)) = (&handoff, &state.control) {
+        control.publish_ended(taken, true);
+    }
     let room_grants = &identity.grants.rooms;
     let rooms_max = state.settings.rooms.max_per_session;
+    let granted = |room: &str| {
+        task_events::valid_room_name(room)
+            && room_grants
+                .iter()
+                .chain(state.public_rooms.iter())
+                .any(|p| p.matches(room))
+    };
+    let mut rooms = req.rooms.clone();
+    let mut event_types = req.event_types.clone();
+    if let Some(taken) = &handoff {
+        // Rooms still granted by this token; the filter unless the client set its own.
+        for room in &taken.rooms {
+            if granted(room) && !rooms.contains(room) {
+                rooms.push(room.clone());
+            }
+        }
+        if event_types.is_empty() {
+            event_types = taken.event_types.clone();
+        }
+    }
+    let rooms = rooms;
+    let event_types = event_types;
     if req.rooms.len() > rooms_max {
         return Err(Refused::TooMany("rooms"));
     }
@@ -144,12 +182,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         return Err(Refused::TooMany("event_types"));
     }
     for room in &req.rooms {
-        let granted = task_events::valid_room_name(room)
-            && room_grants
-                .iter()
-                .chain(state.public_rooms.iter())
-                .any(|p| p.matches(room));
-        if !granted {
+        if !granted(room) {
             state.stats.connection_rejected("room_forbidden");
             return Err(Refused::Forbidden(format!(
                 "room {} is not granted by the token and is not public",
@@ -163,7 +196,10 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         roles: identity.grants.roles.clone(),
         anonymous,
     };
-    let resume = req.cursor().map(Cursor::decode);
+    let resume = req
+        .cursor()
+        .or(handoff.as_ref().map(|h| h.cursor.as_str()))
+        .map(Cursor::decode);
     let floor = resume.as_ref().and_then(|r| r.as_ref().ok().cloned());
     let admitted = state
         .router
@@ -183,13 +219,13 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         resume,
     } = admitted;
     // Rooms and filter before the replay is counted (and read), so it includes their events.
-    for room in &req.rooms {
+    for room in rooms.iter().take(rooms_max) {
         let _ = state.registry.join(slot.id(), room, rooms_max);
     }
-    if !req.event_types.is_empty() {
+    if !event_types.is_empty() {
         let _ = state.registry.change_filter(
             slot.id(),
-            FilterChange::Add(req.event_types.clone()),
+            FilterChange::Add(event_types),
             state.settings.server.max_event_filters,
         );
     }
@@ -224,6 +260,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         feed,
         resumed,
         room_grants,
+        took_over: handoff.is_some(),
     })
 }
 

@@ -274,6 +274,7 @@ impl Connection {
             End::Gone => "client_gone",
             End::Close(code, _) => close_label(*code),
         };
+        self.hand_off();
         let Connection {
             state, slot, session, ..
         } = self;
@@ -289,6 +290,30 @@ impl Connection {
             // Boxed: only at the end, and it would otherwise grow every idle session.
             Box::pin(close_now(session, code, &reason)).await;
         }
+    }
+
+    /// A session of a client that sends no cursor ends: where it stood is remembered for the
+    /// next session of the user (on any replica, through the control topic).
+    fn hand_off(&self) {
+        let state = &self.state;
+        let user = self.slot.slot.user();
+        if self.heartbeats || !state.handoffs.enabled() || user.starts_with("anonymous:") {
+            return;
+        }
+        let (rooms, event_types) = state.registry.choices_of(self.slot.slot.id());
+        let ended = crate::hub::handoff::Ended {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            workspace: self.workspace.as_deref().map(String::from),
+            user: user.to_string(),
+            cursor: self.feed.cursor(&state.router).to_string(),
+            rooms,
+            event_types,
+            ended_at: crate::hub::memberships::unix_now(),
+        };
+        if let Some(control) = &state.control {
+            control.publish_ended(&ended, false);
+        }
+        state.handoffs.ended(ended);
     }
 
     /// The session's loop. Every write has a deadline (`WRITE_TIMEOUT_SECS`), so a peer that

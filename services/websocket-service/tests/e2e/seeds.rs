@@ -236,3 +236,90 @@ async fn a_room_joined_once_survives_a_restart() {
     replacement.stop().await;
     other.stop().await;
 }
+
+/// Item 5: clients that never send a cursor still miss nothing. One replica is drained while
+/// events flow; every seed-style client reconnects (after its 1 s backoff) to the other replica,
+/// which takes over where its session stood (told through the control topic), and every event
+/// produced meanwhile reaches it once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_loses_nothing_for_clients_without_a_cursor() {
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let control = unique("control");
+    create_topic_named(&brokers, &control, 1).await;
+    let env = || {
+        let mut env = env_for(Some(&brokers), Some(&topic));
+        set(&mut env, "GATEWAY_CONTROL_TOPIC", &control);
+        set(&mut env, "DRAIN_WINDOW_SECS", "1");
+        set(&mut env, "SHUTDOWN_GRACE_SECS", "4");
+        env
+    };
+    let a = TestGateway::start(env()).await;
+    let b = TestGateway::start(env()).await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let users: Vec<String> = (0..6).map(|i| format!("seed-{i}")).collect();
+    let target = Arc::new(std::sync::Mutex::new(a.addr));
+    let clients: Vec<SeedClient> = users
+        .iter()
+        .map(|user| {
+            let (target, tok) = (target.clone(), token(user));
+            SeedClient::start(move || format!("ws://{}/ws?token={tok}", target.lock().unwrap()))
+        })
+        .collect();
+    for client in &clients {
+        client
+            .wait_for(WAIT, |log| log.messages.iter().any(|m| m["type"] == "connected"))
+            .await;
+    }
+    let producer = producer(&brokers);
+    let per_user = 40;
+    let produce_all = {
+        let (users, topic) = (users.clone(), topic.clone());
+        tokio::spawn(async move {
+            for seq in 0..per_user {
+                for user in &users {
+                    produce(
+                        &producer,
+                        &topic,
+                        user,
+                        &task_event(user, "task.updated", json!({"seq": seq})),
+                    )
+                    .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The Service stops sending new connections to A; A drains.
+    *target.lock().unwrap() = b.addr;
+    a.stop().await;
+    produce_all.await.unwrap();
+    for (user, client) in users.iter().zip(&clients) {
+        let log = client
+            .wait_for(WAIT, |log| {
+                log.messages
+                    .iter()
+                    .any(|m| m["type"] == "task_update" && m["task"]["seq"] == per_user - 1)
+            })
+            .await;
+        let seqs: Vec<i64> = log
+            .messages
+            .iter()
+            .filter(|m| m["type"] == "task_update")
+            .map(|m| m["task"]["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..per_user).collect::<Vec<_>>(),
+            "{user}: every event once, in order"
+        );
+        assert!(
+            log.opened >= 2 && log.closes.contains(&1001),
+            "{user} moved over: {log:?}"
+        );
+        assert!(!log.gave_up);
+    }
+    b.stop().await;
+}
