@@ -89,6 +89,8 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HISTORY_MAX_BYTES", "history.max_bytes"),
     ("HISTORY_MAX_AGE_SECS", "history.max_age_secs"),
     ("CATCHUP_WINDOW_SECS", "history.catchup_window_secs"),
+    ("CATCHUP_HEARTBEAT_MS", "history.catchup_heartbeat_ms"),
+    ("CATCHUP_MAX_SESSIONS", "history.catchup_max_sessions"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -138,6 +140,13 @@ pub struct HistorySettings {
     /// same user that connects without a cursor, on any replica, takes over from it (replay,
     /// rooms, filter). 0 turns it off.
     pub catchup_window_secs: u64,
+    /// How often each replica writes its beat (where its open sessions stand) to the control
+    /// topic; a replica whose beats stop for four periods (plus the fetch wait) is dead, and its
+    /// cursor-less sessions are taken over from its last beat.
+    pub catchup_heartbeat_ms: u64,
+    /// Most sessions of cursor-less clients remembered cluster-wide (about 200 bytes each);
+    /// beyond, new ones get no catch-up and `gateway_catchup_unrecorded_total` counts them.
+    pub catchup_max_sessions: usize,
 }
 
 /// Server-Sent Events (`GET /events`) and the browser-facing HTTP transports.
@@ -436,6 +445,8 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("history.max_bytes", DefaultValue::Int(64 * 1024 * 1024)),
     ("history.max_age_secs", DefaultValue::Int(300)),
     ("history.catchup_window_secs", DefaultValue::Int(60)),
+    ("history.catchup_heartbeat_ms", DefaultValue::Int(100)),
+    ("history.catchup_max_sessions", DefaultValue::Int(1_000_000)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -672,6 +683,18 @@ impl Settings {
         )?;
         within("HISTORY_MAX_AGE_SECS", self.history.max_age_secs, 1, DAY)?;
         within("CATCHUP_WINDOW_SECS", self.history.catchup_window_secs, 0, DAY)?;
+        within(
+            "CATCHUP_HEARTBEAT_MS",
+            self.history.catchup_heartbeat_ms,
+            10,
+            60_000,
+        )?;
+        within(
+            "CATCHUP_MAX_SESSIONS",
+            self.history.catchup_max_sessions as u64,
+            1,
+            100_000_000,
+        )?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -162,11 +162,15 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
                 .json(json!({"error": "metrics need METRICS_TOKEN as a bearer token"}));
         }
     }
-    let body = state.stats.encode(
-        state.registry.connections(),
-        state.registry.users(),
-        &state.readiness.report(),
-    );
+    let (history_events, history_bytes) = state.router.history().size();
+    let now = crate::telemetry::Snapshot {
+        connections: state.registry.connections(),
+        users: state.registry.users(),
+        history_events,
+        history_bytes,
+        catchup_sessions: state.handoffs.len(),
+    };
+    let body = state.stats.encode(&now, &state.readiness.report());
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(body)

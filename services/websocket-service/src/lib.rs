@@ -159,14 +159,32 @@ impl Gateway {
         let publisher = ingest::publish::Producer::from_settings(&settings)?;
         let settings_refusal_secs = settings.server.refusal_memory_secs;
         let settings_refusal_capacity = settings.server.refusal_memory_capacity;
-        let handoffs = Arc::new(hub::handoff::Handoffs::new(
-            if settings.history.max_events > 0 {
-                settings.history.catchup_window_secs
-            } else {
-                0
-            },
-            8,
-        ));
+        let handoffs = {
+            use std::time::Duration;
+            let history = &settings.history;
+            let fetch_wait = settings
+                .kafka
+                .properties
+                .get("fetch.wait.max.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(500);
+            let timing = hub::handoff::Timing {
+                // Catch-up replays from the history: none, no catch-up.
+                window: Duration::from_secs(if history.max_events > 0 {
+                    history.catchup_window_secs
+                } else {
+                    0
+                }),
+                beat: Duration::from_millis(history.catchup_heartbeat_ms),
+                slack: Duration::from_millis(fetch_wait),
+            };
+            Arc::new(hub::handoff::Handoffs::new(
+                timing,
+                format!("{:x}", router.instance()),
+                8,
+                history.catchup_max_sessions,
+            ))
+        };
         let (control, control_loop) =
             if settings.kafka_enabled() && (user_rooms.memberships.enabled() || handoffs.enabled()) {
                 let shared = Arc::new(ingest::control::Shared {
@@ -248,6 +266,15 @@ impl Gateway {
                 rooms: self.state.user_rooms.clone(),
                 handoffs: self.state.handoffs.clone(),
             });
+            if let (Some(control), true) = (&self.state.control, self.state.handoffs.enabled()) {
+                tasks.push(tokio::spawn(ingest::control::beat(
+                    control.clone(),
+                    self.state.handoffs.clone(),
+                    self.state.router.clone(),
+                    self.state.registry.clone(),
+                    self.sources.clone(),
+                )));
+            }
             tasks.push(tokio::spawn(ingest::control::maintain(
                 shared,
                 self.state.control.clone(),

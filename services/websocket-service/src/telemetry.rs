@@ -57,6 +57,10 @@ pub struct Metrics {
     pub ready: Gauge,
     pub sessions_closed: Family<ReasonLabels, Counter>,
     pub connections_rejected: Family<ReasonLabels, Counter>,
+    pub catchups: Family<ReasonLabels, Counter>,
+    pub history_events: Gauge,
+    pub history_bytes: Gauge,
+    pub catchup_sessions: Gauge,
     pub messages_delivered: Counter,
     pub messages_dropped: Family<ReasonLabels, Counter>,
     pub slow_client_disconnects: Counter,
@@ -101,6 +105,10 @@ impl Default for Metrics {
             ready: Gauge::default(),
             sessions_closed: Family::default(),
             connections_rejected: Family::default(),
+            catchups: Family::default(),
+            history_events: Gauge::default(),
+            history_bytes: Gauge::default(),
+            catchup_sessions: Gauge::default(),
             messages_delivered: Counter::default(),
             messages_dropped: Family::default(),
             slow_client_disconnects: Counter::default(),
@@ -138,6 +146,28 @@ impl Default for Metrics {
             "connections_rejected",
             "Upgrades refused by a limit or a drain, by reason",
             m.connections_rejected.clone(),
+        );
+        r.register(
+            "catchups",
+            "Cursor-less sessions that took over an earlier one (reason: here, elsewhere: the \
+             replica that served it), or that could not be remembered (unrecorded: \
+             CATCHUP_MAX_SESSIONS)",
+            m.catchups.clone(),
+        );
+        r.register(
+            "history_events",
+            "Events held in the history (what resumes and catch-up read)",
+            m.history_events.clone(),
+        );
+        r.register(
+            "history_bytes",
+            "Approximate bytes held in the history",
+            m.history_bytes.clone(),
+        );
+        r.register(
+            "catchup_sessions",
+            "Sessions of cursor-less clients remembered, open and ended, cluster-wide",
+            m.catchup_sessions.clone(),
         );
         r.register(
             "messages_delivered",
@@ -220,6 +250,15 @@ pub fn reason(reason: &str) -> ReasonLabels {
     ReasonLabels {
         reason: reason.to_string(),
     }
+}
+
+/// Gauges read from the state at scrape time.
+pub struct Snapshot {
+    pub connections: usize,
+    pub users: usize,
+    pub history_events: usize,
+    pub history_bytes: usize,
+    pub catchup_sessions: usize,
 }
 
 /// Counters since start, read by tests and the benchmark, and the exported metrics.
@@ -345,6 +384,10 @@ impl Stats {
             .inc();
     }
 
+    pub fn catchup(&self, how: &str) {
+        self.metrics.catchups.get_or_create(&reason(how)).inc();
+    }
+
     pub fn message_delivered(&self) {
         self.metrics.messages_delivered.inc();
     }
@@ -382,9 +425,12 @@ impl Stats {
     }
 
     /// The metrics in the OpenMetrics text format.
-    pub fn encode(&self, connections: usize, users: usize, health: &crate::health::Report) -> String {
-        self.metrics.connections.set(connections as i64);
-        self.metrics.connected_users.set(users as i64);
+    pub fn encode(&self, now: &Snapshot, health: &crate::health::Report) -> String {
+        self.metrics.connections.set(now.connections as i64);
+        self.metrics.connected_users.set(now.users as i64);
+        self.metrics.history_events.set(now.history_events as i64);
+        self.metrics.history_bytes.set(now.history_bytes as i64);
+        self.metrics.catchup_sessions.set(now.catchup_sessions as i64);
         self.metrics.ready.set(i64::from(health.ready));
         // Parts that recovered read 0, not their last value.
         self.metrics.degraded.clear();

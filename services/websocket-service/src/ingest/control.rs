@@ -6,7 +6,8 @@
 //! it had when the replica started). Records are keyed by what they describe and a removal is a
 //! tombstone, so a compacted topic keeps exactly the state in force (`cleanup.policy=compact`).
 //!
-//! Today it carries user-scoped room memberships ([`Membership`]).
+//! It carries user-scoped room memberships ([`Membership`]), the sessions of clients that send no
+//! cursor and the replicas' beats ([`crate::hub::handoff`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::health::Readiness;
-use crate::hub::handoff::{Ended, Handoffs};
+use crate::hub::handoff::{Beat, Handoffs, Session};
 use crate::hub::memberships::{Membership, UserRooms};
 
 /// What the control records are applied to.
@@ -48,24 +49,74 @@ impl Control {
         self.publish(m.key(), value);
     }
 
-    /// Writes where an ended session stood (`taken`: its tombstone, it was taken over).
-    pub fn publish_ended(self: &Arc<Self>, e: &Ended, taken: bool) {
-        let value = (!taken).then(|| serde_json::to_string(e).unwrap_or_default());
-        self.publish(e.key(), value);
+    /// Writes a session of a client without a cursor (open or ended), or its tombstone
+    /// (`gone`: it was taken over or expired).
+    pub fn publish_session(self: &Arc<Self>, s: &Session, gone: bool) {
+        let value = (!gone).then(|| serde_json::to_string(s).unwrap_or_default());
+        self.publish(s.key(), value);
+    }
+
+    /// Tombstones a session record.
+    pub fn forget_session(self: &Arc<Self>, workspace: Option<&str>, user: &str, id: &str) {
+        self.publish(Session::key_of(workspace, user, id), None);
     }
 
     fn publish(self: &Arc<Self>, key: String, value: Option<String>) {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut record = FutureRecord::to(&this.topic).key(&key);
-            if let Some(value) = &value {
-                record = record.payload(value);
-            }
-            if let Err((error, _)) = this.producer.send(record, Duration::from_secs(10)).await {
-                tracing::warn!(%error, key, "control record not written");
-            }
-        });
+        tokio::spawn(async move { this.send(key, value).await });
     }
+
+    async fn send(&self, key: String, value: Option<String>) {
+        let mut record = FutureRecord::to(&self.topic).key(&key);
+        if let Some(value) = &value {
+            record = record.payload(value);
+        }
+        if let Err((error, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+            tracing::warn!(%error, key, "control record not written");
+        }
+    }
+}
+
+/// Writes this replica's beat every `CATCHUP_HEARTBEAT_MS` until `shutdown`, then its tombstone
+/// (it left on purpose: its sessions ended with exact positions of their own).
+///
+/// A beat carries a position every open session of this replica has been written up to: the
+/// frontier of one beat before (a live session writes what it is offered within a beat), or
+/// where the furthest-behind session catching up from the history stands, when that is older.
+pub async fn beat(
+    control: Arc<Control>,
+    handoffs: Arc<Handoffs>,
+    router: Arc<crate::hub::router::Router>,
+    registry: Arc<crate::hub::registry::Registry>,
+    shutdown: CancellationToken,
+) {
+    let key = Beat::key_of(&handoffs.replica);
+    let mut previous = (router.history().next_seq(), router.current_cursor());
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(handoffs.timing.beat) => {}
+        }
+        let now = (router.history().next_seq(), router.current_cursor());
+        let behind = registry
+            .sessions()
+            .iter()
+            .filter_map(|m| m.lag())
+            .filter(|seq| *seq < previous.0)
+            .min();
+        let cursor = behind
+            .and_then(|seq| {
+                let last = router.history().range(seq.checked_sub(1)?, 1).pop()?;
+                Some(router.history().cursor_of(&last, router.instance()))
+            })
+            .unwrap_or_else(|| previous.1.clone());
+        let beat = Beat {
+            cursor: cursor.to_string(),
+        };
+        control.publish(key.clone(), serde_json::to_string(&beat).ok());
+        previous = now;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), control.send(key, None)).await;
 }
 
 /// The periodic upkeep of memberships (refresh, expiry): every quarter of the TTL, at most a
@@ -81,7 +132,14 @@ pub async fn maintain(shared: Arc<Shared>, control: Option<Arc<Control>>, shutdo
                         control.publish_membership(m, true);
                     }
                 });
-                shared.handoffs.expire(crate::hub::memberships::unix_now());
+                let expired = shared
+                    .handoffs
+                    .expire(crate::hub::handoff::unix_ms(), std::time::Instant::now());
+                if let Some(control) = &control {
+                    for (workspace, user, id) in expired {
+                        control.forget_session(workspace.as_deref(), &user, &id);
+                    }
+                }
             }
         }
     }
@@ -193,7 +251,7 @@ async fn consume(
             if targets.is_empty() {
                 tracing::info!(
                     memberships = state.rooms.memberships.len(),
-                    ended_sessions = state.handoffs.len(),
+                    catchup_sessions = state.handoffs.len(),
                     "control topic caught up"
                 );
                 readiness.open(PART);
@@ -218,14 +276,23 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
                 _ => tracing::debug!(key, "control record skipped: value does not match its key"),
             },
         }
-    } else if let Some((workspace, user, id)) = Ended::from_key(key) {
+    } else if let Some((workspace, user, id)) = Session::from_key(key) {
         match value {
             None => state.handoffs.remove(workspace.as_deref(), &user, &id),
-            Some(bytes) => match serde_json::from_slice::<Ended>(bytes) {
-                Ok(e) if e.id == id && e.user == user && e.workspace == workspace => state.handoffs.ended(e),
+            Some(bytes) => match serde_json::from_slice::<Session>(bytes) {
+                Ok(s) if s.id == id && s.user == user && s.workspace == workspace => {
+                    state.handoffs.record(s);
+                }
                 _ => tracing::debug!(key, "control record skipped: value does not match its key"),
             },
         }
+    } else if let Some(replica) = Beat::from_key(key) {
+        let beat = value.and_then(|bytes| serde_json::from_slice::<Beat>(bytes).ok());
+        if value.is_some() && beat.is_none() {
+            tracing::debug!(key, "control record skipped: not a beat");
+            return;
+        }
+        state.handoffs.beat(&replica, beat, std::time::Instant::now());
     }
 }
 

@@ -11,6 +11,7 @@ use actix_web::HttpRequest;
 use crate::auth::grants::RoomPattern;
 use crate::auth::{AuthError, Identity};
 use crate::hub::cursor::Cursor;
+use crate::hub::handoff::Session;
 use crate::hub::registry::{FilterChange, LimitHit, Profile, Slot};
 use crate::transport::feed::{self, Feed};
 use crate::AppState;
@@ -139,18 +140,11 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
     };
     // A client that sends no cursor takes over where the user's last such session stood (on any
     // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
-    let handoff = (req.since.is_none() && !anonymous && state.handoffs.enabled())
-        .then(|| {
-            state.handoffs.claim(
-                workspace.as_deref(),
-                &identity.user_id,
-                crate::hub::memberships::unix_now(),
-            )
-        })
-        .flatten();
-    if let (Some(taken), Some(control)) = (&handoff, &state.control) {
-        control.publish_ended(taken, true);
-    }
+    let handoff = if req.since.is_none() && !anonymous && state.handoffs.enabled() {
+        take_over(state, workspace.as_deref(), &identity.user_id).await
+    } else {
+        None
+    };
     let room_grants = &identity.grants.rooms;
     let rooms_max = state.settings.rooms.max_per_session;
     let granted = |room: &str| {
@@ -198,7 +192,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
     };
     let resume = req
         .cursor()
-        .or(handoff.as_ref().map(|h| h.cursor.as_str()))
+        .or(handoff.as_ref().and_then(|h| h.cursor.as_deref()))
         .map(Cursor::decode);
     let floor = resume.as_ref().and_then(|r| r.as_ref().ok().cloned());
     let admitted = state
@@ -262,6 +256,33 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         room_grants,
         took_over: handoff.is_some(),
     })
+}
+
+/// The session of the user that a client without a cursor takes over, if any; it waits (a
+/// second or so at most) while a replica that served the user is neither known alive nor dead.
+async fn take_over(state: &AppState, workspace: Option<&str>, user: &str) -> Option<Session> {
+    use crate::hub::handoff::{unix_ms, Claim};
+    for _ in 0..3 {
+        match state
+            .handoffs
+            .claim(workspace, user, unix_ms(), std::time::Instant::now())
+        {
+            Claim::Take(taken) => {
+                if let Some(control) = &state.control {
+                    control.publish_session(&taken, true);
+                }
+                state.stats.catchup(if taken.replica == state.handoffs.replica {
+                    "here"
+                } else {
+                    "elsewhere"
+                });
+                return Some(taken);
+            }
+            Claim::Wait(wait) => tokio::time::sleep(wait + std::time::Duration::from_millis(10)).await,
+            Claim::Nothing => return None,
+        }
+    }
+    None
 }
 
 /// The identity of a session without a token: a user id no producer can address, and no grant.

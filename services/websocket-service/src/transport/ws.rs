@@ -119,6 +119,7 @@ pub async fn ws_route(
         feed: admitted.feed,
         slot: SlotGuard::new(admitted.slot),
         session,
+        recorded: None,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
@@ -213,6 +214,9 @@ impl Drop for SlotGuard {
 }
 
 /// An admitted session.
+/// Changes of rooms or filter of a cursor-less session written to the control topic at once.
+const CHANGES_WRITTEN_AT_ONCE: u8 = 16;
+
 struct Connection {
     state: Arc<AppState>,
     /// Until when the token is accepted (its `exp` plus the leeway), as a Unix time: the session
@@ -231,6 +235,11 @@ struct Connection {
     feed: Feed,
     slot: SlotGuard,
     session: Session,
+    /// A cursor-less session: how many times its record was rewritten for a change of rooms or
+    /// filter, and whether one is pending. The first changes are written at once (a client
+    /// joins its rooms right after it connects), later ones at the next heartbeat, so a client
+    /// cannot turn join/leave loops into a flood of control records.
+    recorded: Option<(u8, bool)>,
 }
 
 /// Why the loop ended.
@@ -266,6 +275,7 @@ impl Connection {
             },
         }
         .to_text();
+        self.record_session(false);
         let end = match self.write(hello).await {
             Ok(()) => self.serve(&mut stream).await,
             Err(end) => end,
@@ -274,7 +284,7 @@ impl Connection {
             End::Gone => "client_gone",
             End::Close(code, _) => close_label(*code),
         };
-        self.hand_off();
+        self.record_session(true);
         let Connection {
             state, slot, session, ..
         } = self;
@@ -292,28 +302,47 @@ impl Connection {
         }
     }
 
-    /// A session of a client that sends no cursor ends: where it stood is remembered for the
-    /// next session of the user (on any replica, through the control topic).
-    fn hand_off(&self) {
+    /// A session of a client that sends no cursor: while it is open (`ended: false`, again
+    /// whenever its rooms or filter change) and when it ends, it is recorded for the next
+    /// session of the user (on any replica, through the control topic) to take over from.
+    fn record_session(&mut self, ended: bool) {
         let state = &self.state;
         let user = self.slot.slot.user();
         if self.heartbeats || !state.handoffs.enabled() || user.starts_with("anonymous:") {
             return;
         }
         let (rooms, event_types) = state.registry.choices_of(self.slot.slot.id());
-        let ended = crate::hub::handoff::Ended {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+        let session = crate::hub::handoff::Session {
+            id: format!("{}-{}", state.handoffs.replica, self.slot.slot.id()),
+            replica: state.handoffs.replica.clone(),
             workspace: self.workspace.as_deref().map(String::from),
             user: user.to_string(),
-            cursor: self.feed.cursor(&state.router).to_string(),
+            cursor: ended.then(|| self.feed.cursor(&state.router).to_string()),
             rooms,
             event_types,
-            ended_at: crate::hub::memberships::unix_now(),
+            at_ms: crate::hub::handoff::unix_ms(),
         };
-        if let Some(control) = &state.control {
-            control.publish_ended(&ended, false);
+        let changes = self.recorded.map_or(0, |(changes, _)| changes);
+        self.recorded = Some((changes, false));
+        if !state.handoffs.record(session.clone()) {
+            state.stats.catchup("unrecorded");
+            return;
         }
-        state.handoffs.ended(ended);
+        if let Some(control) = &state.control {
+            control.publish_session(&session, false);
+        }
+    }
+
+    /// Its rooms or filter changed: the open record follows.
+    fn choices_changed(&mut self) {
+        match self.recorded {
+            Some((changes, _)) if changes < CHANGES_WRITTEN_AT_ONCE => {
+                self.record_session(false);
+                self.recorded = Some((changes + 1, false));
+            }
+            Some((changes, _)) => self.recorded = Some((changes, true)),
+            None => {}
+        }
     }
 
     /// The session's loop. Every write has a deadline (`WRITE_TIMEOUT_SECS`), so a peer that
@@ -419,6 +448,10 @@ impl Connection {
                             if let Err(end) = self.write(beat).await {
                                 return end;
                             }
+                        }
+                        if matches!(self.recorded, Some((_, true))) {
+                            // The changes that were held back.
+                            self.record_session(false);
                         }
                         next_ping = now + heartbeat;
                     }
@@ -556,6 +589,7 @@ impl Connection {
                     let registry = self.slot.slot.registry().clone();
                     registry.leave(self.slot.slot.id(), room);
                     self.user_scoped(room, false);
+                    self.choices_changed();
                     ServerMessage::LeftRoom {
                         data: RoomData { room },
                     }
@@ -599,6 +633,7 @@ impl Connection {
         match registry.join(self.slot.slot.id(), room, max) {
             Ok(()) => {
                 self.user_scoped(room, true);
+                self.choices_changed();
                 ServerMessage::JoinedRoom {
                     data: RoomData { room },
                 }
@@ -662,6 +697,7 @@ impl Connection {
         let registry = self.slot.slot.registry().clone();
         match registry.change_filter(self.slot.slot.id(), change, max) {
             Ok(event_types) => {
+                self.choices_changed();
                 let data = FilterData {
                     event_types: &event_types,
                 };

@@ -323,3 +323,179 @@ async fn a_drain_loses_nothing_for_clients_without_a_cursor() {
     }
     b.stop().await;
 }
+
+/// Item 5, a replica killed (SIGKILL: no drain, no last word). Its clients reconnect to the other
+/// replica, which knows from the control topic which sessions the dead one served and, from its
+/// last beat, where they stood. Clients that got nothing near the kill lose nothing and get
+/// nothing twice; clients that got events right up to the kill lose nothing, get everything in
+/// order, and at most the events of the last beats before the kill again (at least once: what a
+/// killed process wrote last is known only to its clients).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_loses_nothing_for_clients_without_a_cursor() {
+    let brokers = brokers();
+    let topic = create_topic(&brokers, 1).await;
+    let control = unique("control");
+    create_topic_named(&brokers, &control, 1).await;
+    let mut env = env_for(Some(&brokers), Some(&topic));
+    set(&mut env, "GATEWAY_CONTROL_TOPIC", &control);
+    set(&mut env, "CATCHUP_HEARTBEAT_MS", "100");
+    set(&mut env, "ROOMS_PUBLIC", "lobby");
+    let extra: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|(k, _)| k != "JWT_SECRET" && k != "HOST")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = ServiceProcess::spawn(&extra).await;
+    let b = TestGateway::start(env.clone()).await;
+    b.wait_ready().await;
+    let a_ready = format!("http://{}/ready", a.base());
+    let deadline = std::time::Instant::now() + WAIT;
+    while !reqwest::get(&a_ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(std::time::Instant::now() < deadline, "A not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let target = Arc::new(std::sync::Mutex::new(a.base()));
+    let start = |user: &str, first: Vec<String>| {
+        let (target, tok) = (target.clone(), token(user));
+        SeedClient::start_with(
+            move || format!("ws://{}/ws?token={tok}", target.lock().unwrap()),
+            first,
+        )
+    };
+    let quiet: Vec<String> = (0..3).map(|i| format!("quiet-{i}")).collect();
+    let busy: Vec<String> = (0..3).map(|i| format!("busy-{i}")).collect();
+    let join = json!({"type": "join_room", "room": "lobby"}).to_string();
+    let quiet_clients: Vec<SeedClient> = quiet.iter().map(|u| start(u, vec![join.clone()])).collect();
+    let busy_clients: Vec<SeedClient> = busy.iter().map(|u| start(u, vec![])).collect();
+    for client in quiet_clients.iter() {
+        client
+            .wait_for(WAIT, |log| {
+                log.messages.iter().any(|m| m["type"] == "joined_room")
+            })
+            .await;
+    }
+    for client in busy_clients.iter() {
+        client
+            .wait_for(WAIT, |log| log.messages.iter().any(|m| m["type"] == "connected"))
+            .await;
+    }
+    let producer = producer(&brokers);
+    let send = {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        move |user: &String, seq: i64| {
+            let (producer, topic, user) = (producer.clone(), topic.clone(), user.clone());
+            async move {
+                produce(
+                    &producer,
+                    &topic,
+                    &user,
+                    &task_event(&user, "task.updated", json!({"seq": seq})),
+                )
+                .await
+            }
+        }
+    };
+    let seqs_of = |log: &SeedLog| -> Vec<i64> {
+        log.messages
+            .iter()
+            .filter(|m| m["type"] == "task_update")
+            .map(|m| m["task"]["seq"].as_i64().unwrap())
+            .collect()
+    };
+    // The quiet ones get 0..5 well before the kill; the busy ones get events every 20 ms.
+    for user in &quiet {
+        for seq in 0..5 {
+            send(user, seq).await;
+        }
+    }
+    let per_busy = 150;
+    let busy_flow = {
+        let (busy, send) = (busy.clone(), send.clone());
+        tokio::spawn(async move {
+            for seq in 0..per_busy {
+                for user in &busy {
+                    send(user, seq).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    for client in &quiet_clients {
+        client.wait_for(WAIT, |log| seqs_of(log).contains(&4)).await;
+    }
+    // Several beats, then the kill, in the middle of the busy flow.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    *target.lock().unwrap() = b.addr.to_string();
+    a.signal("KILL");
+    for user in &quiet {
+        for seq in 5..10 {
+            send(user, seq).await;
+        }
+    }
+    // A room the quiet ones joined once, on A: the takeover re-joined it.
+    let lobby = json!({"event_type": "lobby.news", "data": {"n": 1}, "to": {"room": "lobby"}});
+    produce(&producer, &topic, "lobby", lobby.to_string().as_bytes()).await;
+    busy_flow.await.unwrap();
+    for (user, client) in quiet.iter().zip(&quiet_clients) {
+        let log = client
+            .wait_for(Duration::from_secs(20), |log| seqs_of(log).contains(&9))
+            .await;
+        assert_eq!(
+            seqs_of(&log),
+            (0..10).collect::<Vec<_>>(),
+            "{user}: exactly once, in order"
+        );
+        assert!(log.opened >= 2 && !log.gave_up, "{user}: {log:?}");
+        let log = client
+            .wait_for(WAIT, |log| log.messages.iter().any(|m| m["type"] == "lobby.news"))
+            .await;
+        let news: Vec<_> = log
+            .messages
+            .iter()
+            .filter(|m| m["type"] == "lobby.news")
+            .collect();
+        assert_eq!(news.len(), 1, "{user}: the room's event, once");
+        assert_eq!(news[0]["room"], "lobby");
+    }
+    let mut again = 0;
+    for (user, client) in busy.iter().zip(&busy_clients) {
+        let log = client
+            .wait_for(Duration::from_secs(20), |log| {
+                seqs_of(log).contains(&(per_busy - 1))
+            })
+            .await;
+        let seqs = seqs_of(&log);
+        // One run up to the kill, then one from a point at or before where it stopped.
+        let seam = (1..seqs.len())
+            .find(|&i| seqs[i] <= seqs[i - 1])
+            .unwrap_or(seqs.len());
+        let (before, after) = seqs.split_at(seam);
+        assert_eq!(
+            before,
+            (0..before.len() as i64).collect::<Vec<_>>(),
+            "{user}: in order before"
+        );
+        let from = after.first().copied().unwrap_or(before.len() as i64);
+        assert!(
+            from <= before.len() as i64,
+            "{user}: no gap at the seam: {seqs:?}"
+        );
+        assert_eq!(
+            after,
+            (from..per_busy).collect::<Vec<_>>(),
+            "{user}: in order after"
+        );
+        again += before.len() as i64 - from;
+    }
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("gateway_catchups_total{reason=\"elsewhere\"} 6"),
+        "every client was taken over from the dead replica: {again} events again\n{metrics}"
+    );
+    // Beats every 100 ms, events every 20 ms: the last two beats hold about 10 per client.
+    assert!(again <= 3 * 20, "{again} events again for 3 busy clients");
+    b.stop().await;
+}
