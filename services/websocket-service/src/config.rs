@@ -20,6 +20,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HOST", "server.host"),
     ("PORT", "server.port"),
     ("WORKERS", "server.workers"),
+    ("LISTEN_BACKLOG", "server.listen_backlog"),
     ("INTERNAL_HOST", "server.internal_host"),
     ("INTERNAL_PORT", "server.internal_port"),
     ("METRICS_TOKEN", "server.metrics_token"),
@@ -145,7 +146,7 @@ pub struct HistorySettings {
     /// cursor-less sessions are taken over from its last beat.
     pub catchup_heartbeat_ms: u64,
     /// Most sessions of cursor-less clients remembered cluster-wide (about 200 bytes each);
-    /// beyond, new ones get no catch-up and `gateway_catchup_unrecorded_total` counts them.
+    /// beyond, new ones get no catch-up and `gateway_catchups_total{reason="unrecorded"}` counts them.
     pub catchup_max_sessions: usize,
 }
 
@@ -230,6 +231,8 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Accept queue of the public listener (the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// Address of the internal listener (metrics, the server API, the Dapr routes too). Loopback
     /// by default, so that nothing internal is reachable from outside the host unless the
     /// operator says so (Kubernetes: `0.0.0.0` behind a NetworkPolicy).
@@ -324,8 +327,8 @@ pub struct KafkaSettings {
     /// produced from now on) or `earliest` (every retained record; for benchmarks and drills:
     /// connected clients would receive old events).
     pub start_from: String,
-    /// The topic the replicas share state through (user-scoped rooms); compacted. Read from its
-    /// beginning at start.
+    /// The topic the replicas share state through (user-scoped rooms, the sessions of cursor-less
+    /// clients, replica beats); compacted. Read from its beginning at start.
     pub control_topic: String,
     /// librdkafka properties passed through as they are (security.protocol, sasl.*, ssl.*,
     /// fetch.wait.max.ms, ...).
@@ -389,6 +392,7 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.host", DefaultValue::Str("0.0.0.0")),
     ("server.port", DefaultValue::Int(8005)),
     ("server.workers", DefaultValue::Int(0)),
+    ("server.listen_backlog", DefaultValue::Int(4096)),
     ("server.internal_host", DefaultValue::Str("127.0.0.1")),
     ("server.internal_port", DefaultValue::Int(9005)),
     ("server.max_connections", DefaultValue::Int(50_000)),

@@ -1,7 +1,7 @@
 //! The two HTTP listeners and their routes.
 //!
-//! - Public (`PORT`, 8005): what browsers and the platform call: `GET /ws`, `GET /health`,
-//!   `GET /ready`, and the Dapr routes (`GET /dapr/subscribe`, `POST <DAPR_ROUTE>`), because
+//! - Public (`PORT`, 8005): what browsers and the platform call: `GET /ws`, `GET /events` (SSE),
+//!   `GET /events/poll`, `GET /health`, `GET /ready`, and the Dapr routes (`GET /dapr/subscribe`, `POST <DAPR_ROUTE>`), because
 //!   existing deployments point their sidecar at 8005 (`dapr.io/app-port`). The Dapr routes are
 //!   off unless `DAPR_ENABLED`, and then require the sidecar's app token.
 //! - Internal (`INTERNAL_HOST:INTERNAL_PORT`, loopback:9005 by default): what only the cluster
@@ -30,7 +30,7 @@ impl Listeners {
     /// Binds `HOST:PORT` and `INTERNAL_HOST:INTERNAL_PORT`.
     pub fn bind(settings: &crate::config::ServerSettings) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let public = std::net::TcpListener::bind((settings.host.as_str(), settings.port))
+        let public = listen(&settings.host, settings.port, settings.listen_backlog)
             .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
         let internal = std::net::TcpListener::bind((settings.internal_host.as_str(), settings.internal_port))
             .with_context(|| {
@@ -41,6 +41,25 @@ impl Listeners {
             })?;
         Ok(Listeners { public, internal })
     }
+}
+
+/// A listening socket with an accept queue of `backlog` (the kernel caps it at
+/// `net.core.somaxconn`): a storm of reconnects waits in it instead of losing SYNs.
+fn listen(host: &str, port: u16, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs as _;
+    let addr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
 }
 
 /// The public server on an already bound listener.

@@ -1,15 +1,21 @@
-//! websocket-service: task-update events from Kafka pushed to the WebSocket sessions of the users
-//! they are addressed to.
+//! websocket-service: events from Kafka (or a Dapr sidecar, or a backend's HTTP call) pushed to
+//! the sessions of their audience, over WebSocket, Server-Sent Events or long polling.
 //!
 //! # Layout
 //! An event flows one way: [`ingest`] -> [`hub`] -> [`transport`].
 //!
 //! - [`ingest`]: where events come from: [`ingest::kafka`] (every partition, no consumer
-//!   group) and [`ingest::dapr`] (subscription discovery, delivery route, app token).
+//!   group), [`ingest::dapr`] (subscription discovery, delivery route, app token),
+//!   [`ingest::publish`] (the HTTP publish API) and [`ingest::control`] (the state the replicas
+//!   share through the control topic).
 //! - [`hub`]: who receives what: [`hub::registry`] (sessions, mailboxes, limits),
-//!   [`hub::router`] (event -> message -> mailboxes), [`hub::dedup`] (one event, one delivery).
-//! - [`transport`]: how it reaches the client: [`transport::ws`] (one WebSocket session: auth,
-//!   its loop, heartbeat, deadlines, close codes).
+//!   [`hub::router`] (event -> message -> mailboxes), [`hub::history`] and [`hub::cursor`]
+//!   (recent events and resume positions), [`hub::handoff`] (catch-up for cursor-less
+//!   clients), [`hub::memberships`] (user-scoped rooms), [`hub::dedup`] (one event, one
+//!   delivery).
+//! - [`transport`]: how it reaches the client: [`transport::admission`] (one admission for every
+//!   transport), [`transport::feed`] (what a session writes next: its queue, the history),
+//!   [`transport::ws`], [`transport::sse`], [`transport::poll`], [`transport::refusals`].
 //! - [`protocol`]: the messages on the socket and the close codes.
 //! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
 //! - [`http`]: the public and internal listeners and their routes.

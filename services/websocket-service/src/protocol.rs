@@ -25,7 +25,8 @@ pub mod close {
     pub const UNAUTHORIZED: u16 = 4001;
     /// The token expired during the session: reconnect with a fresh token.
     pub const TOKEN_EXPIRED: u16 = 4002;
-    /// The client did not read fast enough and its outbound queue filled.
+    /// The client did not read fast enough: it fell out of the history window, its writes made
+    /// no progress for `WRITE_TIMEOUT_SECS`, or (history off) its queue filled.
     pub const SLOW_CONSUMER: u16 = 4008;
     /// The user already has `MAX_CONNECTIONS_PER_USER` sessions on this instance.
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;

@@ -126,7 +126,11 @@ impl Default for Metrics {
         };
         let mut m = m;
         let r = &mut m.registry;
-        r.register("connections", "Open WebSocket sessions", m.connections.clone());
+        r.register(
+            "connections",
+            "Open sessions (WebSocket, SSE streams and waiting polls)",
+            m.connections.clone(),
+        );
         r.register(
             "connected_users",
             "Users with at least one open session",
@@ -181,7 +185,7 @@ impl Default for Metrics {
         );
         r.register(
             "slow_client_disconnects",
-            "Sessions closed because their outbound queue filled",
+            "Sessions closed as slow consumers (4008): behind the history window, writes stuck, or a full queue without history",
             m.slow_client_disconnects.clone(),
         );
         r.register(
@@ -267,7 +271,7 @@ pub struct Stats {
     pub metrics: Metrics,
     /// Upgrades refused for a bad token (closed with 4001).
     pub auth_failures: AtomicU64,
-    /// Sessions closed because their outbound queue overflowed (4008).
+    /// Sessions closed as slow consumers (4008).
     pub slow_client_disconnects: AtomicU64,
     /// Kafka records read.
     pub records_consumed: AtomicU64,
@@ -331,7 +335,7 @@ impl Stats {
     pub fn slow_client(&self, user_id: &str) {
         self.slow_client_disconnects.fetch_add(1, Relaxed);
         self.metrics.slow_client_disconnects.inc();
-        tracing::warn!(user_id, "slow client disconnected: outbound queue full");
+        tracing::warn!(user_id, "slow client disconnected (4008)");
     }
 
     /// The consumed-records counter of one partition (cheap to clone: the consume loop keeps

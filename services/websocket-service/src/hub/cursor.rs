@@ -17,8 +17,11 @@ use std::collections::BTreeMap;
 
 use base64::Engine as _;
 
-/// The longest cursor accepted; anything longer is refused as unknown.
-pub const MAX_CURSOR_CHARS: usize = 1024;
+/// The longest cursor accepted; anything longer is refused as unknown. A cursor takes about 14
+/// characters per partition read (topic id, partition, offset) plus about 30: this allows
+/// about 580 partitions in all, well past what one gateway reads, and stays inside the 8 KiB
+/// request line proxies commonly accept.
+pub const MAX_CURSOR_CHARS: usize = 8000;
 /// The most partitions a cursor may name.
 const MAX_ENTRIES: usize = 512;
 
@@ -248,7 +251,10 @@ mod tests {
         let damaged = String::from_utf8(bytes).unwrap();
         assert!(Cursor::decode(&damaged).is_err());
         assert_eq!(Cursor::decode("not base64!"), Err(CursorError::Encoding));
-        assert_eq!(Cursor::decode(&"A".repeat(2000)), Err(CursorError::TooLong));
+        assert_eq!(
+            Cursor::decode(&"A".repeat(MAX_CURSOR_CHARS + 1)),
+            Err(CursorError::TooLong)
+        );
         assert!(Cursor::decode("AAAA").is_err());
         assert_eq!(topic_id("task-updates"), topic_id("task-updates"));
         assert_ne!(topic_id("a"), topic_id("b"));

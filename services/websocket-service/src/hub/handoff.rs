@@ -87,6 +87,10 @@ impl Session {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Beat {
     pub cursor: String,
+    /// Unix ms when it was written (a beat read back at start is judged by its age, so a replica
+    /// long gone does not look alive).
+    #[serde(default)]
+    pub at_ms: u64,
 }
 
 impl Beat {
@@ -234,16 +238,25 @@ impl Handoffs {
         }
     }
 
-    /// A replica's beat (`None`: its tombstone, it left after a drain).
-    pub fn beat(&self, replica: &str, beat: Option<Beat>, now: Instant) {
+    /// A replica's beat (`None`: its tombstone, it left after a drain), read at `now` (Unix ms
+    /// `now_ms`).
+    pub fn beat(&self, replica: &str, beat: Option<Beat>, now: Instant, now_ms: u64) {
         let mut inner = self.inner.lock();
         match beat {
             Some(beat) => {
+                // Its age by the writer's clock, when that is older than the time it took to
+                // arrive (a record read back, or a clock behind ours, counts from its stamp).
+                let age = Duration::from_millis(now_ms.saturating_sub(beat.at_ms));
+                let at = if beat.at_ms == 0 || age <= self.timing.alive_within() {
+                    now
+                } else {
+                    now.checked_sub(age).unwrap_or(now)
+                };
                 inner.replicas.insert(
                     replica.to_string(),
                     Seen {
                         cursor: beat.cursor,
-                        at: now,
+                        at,
                         gone: false,
                     },
                 );
@@ -279,7 +292,8 @@ impl Handoffs {
                 Some(cursor) => (now_ms.saturating_sub(s.at_ms) <= window_ms, Some(cursor.clone())),
                 None if s.replica == self.replica => (false, None),
                 None => match replicas.get(&s.replica) {
-                    // Never heard of: dead once the record is older than a beat may be late.
+                    // No beat of it known (yet): its sessions cannot be taken (nothing says where
+                    // they stood); a record this young may be ahead of its replica's first beat.
                     None => {
                         let age = Duration::from_millis(now_ms.saturating_sub(s.at_ms));
                         if age < t.dead_after() {
@@ -440,6 +454,34 @@ mod tests {
         }
     }
 
+    fn beat(cursor: &str) -> Beat {
+        Beat {
+            cursor: cursor.into(),
+            at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_beat_read_back_long_after_counts_from_its_stamp() {
+        let h = handoffs(4);
+        let now = Instant::now() + Duration::from_secs(3600);
+        h.beat(
+            "old",
+            Some(Beat {
+                cursor: "c".into(),
+                at_ms: 1_000,
+            }),
+            now,
+            1_000_000,
+        );
+        h.record(live("s", "old", 1));
+        assert_eq!(
+            h.claim(None, "u", 1_000_000, now),
+            Claim::Nothing,
+            "dead for longer than the window"
+        );
+    }
+
     fn taken(claim: Claim) -> Option<(String, Option<String>)> {
         match claim {
             Claim::Take(s) => Some((s.id, s.cursor)),
@@ -469,13 +511,7 @@ mod tests {
     fn an_open_session_is_taken_only_once_its_replica_is_dead_and_from_its_last_beat() {
         let h = handoffs(4);
         let t0 = Instant::now();
-        h.beat(
-            "a",
-            Some(Beat {
-                cursor: "beat-1".into(),
-            }),
-            t0,
-        );
+        h.beat("a", Some(beat("beat-1")), t0, 0);
         h.record(live("s", "a", 100));
         h.record(live("mine", "me", 99));
         // Alive: its session is a tab of the same user, not to be taken.
@@ -493,14 +529,8 @@ mod tests {
     fn ended_records_go_before_open_ones_and_a_drained_replica_is_dead_at_once() {
         let h = handoffs(4);
         let t0 = Instant::now();
-        h.beat(
-            "a",
-            Some(Beat {
-                cursor: "beat".into(),
-            }),
-            t0,
-        );
-        h.beat("a", None, t0);
+        h.beat("a", Some(beat("beat")), t0, 0);
+        h.beat("a", None, t0, 0);
         h.record(live("open", "a", 90));
         h.record(ended("closed", "u", 100));
         let first = taken(h.claim(None, "u", 101_000, t0));
@@ -544,7 +574,7 @@ mod tests {
     fn only_the_alive_replica_with_the_smallest_id_tombstones() {
         let h = handoffs(4);
         let now = Instant::now();
-        h.beat("a-smaller", Some(Beat { cursor: "x".into() }), now);
+        h.beat("a-smaller", Some(beat("x")), now, 0);
         h.record(ended("old", "u", 1));
         assert!(h.expire(1_000_000, now).is_empty(), "another replica does it");
         assert!(h.is_empty(), "but it is forgotten here too");

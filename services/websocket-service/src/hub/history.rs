@@ -152,6 +152,9 @@ struct Inner {
     checkpoints: VecDeque<(u64, Arc<Frontier>)>,
     /// Whether any entry was evicted (the history no longer reaches back to the start).
     evicted_any: bool,
+    /// Unix ms from which every event is held (or was, before evictions): when this replica
+    /// started, or how far back it read the log at start.
+    complete_since_ms: u64,
 }
 
 pub struct History {
@@ -161,10 +164,22 @@ pub struct History {
 
 impl History {
     pub fn new(limits: Limits) -> Self {
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         History {
-            inner: RwLock::new(Inner::default()),
+            inner: RwLock::new(Inner {
+                complete_since_ms: started_ms,
+                ..Inner::default()
+            }),
             limits,
         }
+    }
+
+    /// The log was read back from Unix ms `since` at start: events from then on are held.
+    pub fn complete_since(&self, since_ms: u64) {
+        let mut inner = self.inner.write();
+        inner.complete_since_ms = inner.complete_since_ms.min(since_ms);
     }
 
     pub fn enabled(&self) -> bool {
@@ -255,6 +270,22 @@ impl History {
             .take(max)
             .cloned()
             .collect()
+    }
+
+    /// Runs `f` over up to `max` entries from `seq` on, under the read lock and without copying
+    /// them; `None` when `seq` was evicted. Whatever `f` does must not take this history's lock.
+    pub fn visit<R>(
+        &self,
+        seq: u64,
+        max: usize,
+        f: impl FnOnce(&mut dyn Iterator<Item = &Arc<Entry>>) -> R,
+    ) -> Option<R> {
+        let inner = self.inner.read();
+        if seq < inner.first_seq {
+            return None;
+        }
+        let start = ((seq - inner.first_seq) as usize).min(inner.entries.len());
+        Some(f(&mut inner.entries.range(start..).take(max)))
     }
 
     /// The cursor of an entry: the frontier right after it was routed, and the local count.
@@ -353,7 +384,8 @@ impl History {
                 .iter()
                 .position(|e| humantime::parse_rfc3339_weak(&e.timestamp).map_or(true, |t| t > at))?;
             let previous = index.checked_sub(1).map(|i| inner.entries[i].clone());
-            (index == 0 && inner.evicted_any, previous)
+            let before_start = millis < inner.complete_since_ms;
+            (index == 0 && (inner.evicted_any || before_start), previous)
         };
         Some(match previous {
             Some(entry) => self.cursor_of(&entry, instance),

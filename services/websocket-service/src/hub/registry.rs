@@ -6,9 +6,10 @@
 //! ([`Registry::deliver`]); only an `all` broadcast walks every session.
 //!
 //! The fan-out never waits for a client: it pushes into each session's mailbox and moves on. A
-//! full mailbox is a decision, not a wait: the session is kicked with 4008 (slow consumer) and
-//! its messages are dropped, so one stalled client costs at most `SESSION_QUEUE_CAPACITY`
-//! messages of memory and delays nobody else.
+//! full mailbox is a decision, not a wait: the session stops receiving pushes and catches up
+//! from the shared history at its own pace (its cost: a position, not a copy of the backlog);
+//! without a history it is kicked with 4008 (slow consumer). Either way one stalled client
+//! costs at most `SESSION_QUEUE_CAPACITY` messages of memory and delays nobody else.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use task_events::Audience;
+use task_events::{Audience, Event};
 
 use crate::hub::history::Entry;
 use crate::protocol::close;
@@ -48,6 +49,9 @@ pub struct Mailbox {
     /// Close code the session must close with, 0 while it may live.
     kicked: AtomicU16,
     capacity: usize,
+    /// The seq of the oldest message offered to the session and not written yet (`LIVE`: none):
+    /// how far every session of this replica has surely been written (its beat).
+    unwritten: AtomicU64,
 }
 
 impl Mailbox {
@@ -59,6 +63,7 @@ impl Mailbox {
             wake: Notify::new(),
             kicked: AtomicU16::new(0),
             capacity,
+            unwritten: AtomicU64::new(LIVE),
         }
     }
 
@@ -86,9 +91,33 @@ impl Mailbox {
             return Err(dropped);
         }
         queue.push_back((msg, entry.clone()));
+        self.unwritten.fetch_min(entry.seq, Ordering::AcqRel);
         drop(queue);
         self.wake.notify_one();
         Ok(Pushed::Queued)
+    }
+
+    /// Messages taken from the history from `seq` on wait to be written.
+    pub fn pending_from(&self, seq: u64) {
+        self.unwritten.fetch_min(seq, Ordering::AcqRel);
+    }
+
+    /// What was written: the oldest message still waiting is the first of the queue, or
+    /// `taken` (the oldest the session holds outside the queue).
+    pub fn settle(&self, taken: Option<u64>) {
+        let queue = self.queue.lock();
+        let oldest = queue.front().map(|q| q.1.seq).into_iter().chain(taken).min();
+        self.unwritten.store(oldest.unwrap_or(LIVE), Ordering::Release);
+    }
+
+    /// The oldest seq this session has not been written: the first it has not been offered
+    /// while it catches up, or the oldest message waiting.
+    fn not_written(&self) -> Option<u64> {
+        let oldest = self
+            .lag
+            .load(Ordering::Acquire)
+            .min(self.unwritten.load(Ordering::Acquire));
+        (oldest != LIVE).then_some(oldest)
     }
 
     /// The seq the session catches up from, if it is not live.
@@ -610,6 +639,16 @@ impl Registry {
         outcome
     }
 
+    /// The oldest history seq some session here has not been written (none: all are up to date).
+    pub fn oldest_not_written(&self) -> Option<u64> {
+        let index = self.index.read();
+        index
+            .sessions
+            .values()
+            .filter_map(|e| e.mailbox.not_written())
+            .min()
+    }
+
     /// The rooms a session is in and its filter (what a session that takes over from it gets).
     pub fn choices_of(&self, id: SessionId) -> (Vec<String>, Vec<String>) {
         let index = self.index.read();
@@ -624,29 +663,28 @@ impl Registry {
     /// Whether history entry `event` is for session `id`, as [`Registry::deliver`] would decide:
     /// `Some(room)` (the room it reaches the session through, if any) or `None`.
     pub fn offer_one(&self, id: SessionId, event: &Entry) -> Option<Option<Box<str>>> {
-        let to = &*event.audience();
         let index = self.index.read();
         let entry = index.sessions.get(&id)?;
-        let profile = &entry.profile;
-        let workspace = to.workspace.as_deref();
-        let via_room = to.all_rooms().find(|room| {
-            entry.rooms.iter().any(|r| &**r == *room) && profile.workspace.as_deref() == workspace
-        });
-        let reached = via_room.is_some()
-            || to.all
-            || to.all_users().any(|u| u == &*profile.user)
-            || (to.all_users().next().is_none() && to.all_rooms().next().is_none() && workspace.is_some())
-            || (to.all_users().next().is_none()
-                && to.all_rooms().next().is_none()
-                && workspace.is_none()
-                && !to.roles.is_empty());
-        if !reached || !admits(to, entry, via_room.is_some()) || !entry.wants(event.event_type()) {
-            return None;
+        offer_to(entry, event).map(|room| room.map(Box::from))
+    }
+
+    /// [`Registry::offer_one`] for each of `events` (one lock, one lookup): `f(event, room)` for
+    /// those that are for session `id`.
+    pub fn offer_each<'e>(
+        &self,
+        id: SessionId,
+        events: &mut dyn Iterator<Item = &'e Arc<Entry>>,
+        mut f: impl FnMut(&'e Arc<Entry>, Option<&str>),
+    ) {
+        let index = self.index.read();
+        let Some(entry) = index.sessions.get(&id) else {
+            return;
+        };
+        for event in events {
+            if let Some(room) = offer_to(entry, event) {
+                f(event, room);
+            }
         }
-        let room = via_room
-            .or(to.room.as_deref())
-            .or(to.rooms.first().map(String::as_str));
-        Some(room.map(Box::from))
     }
 
     /// The sessions of `user` bound to `workspace`.
@@ -707,6 +745,41 @@ impl Registry {
 /// Whether `entry` is in the audience `to`, once it was found through one of the audience's
 /// targets: the workspace confines, the roles narrow, `exclude_users` removes, and an anonymous
 /// session takes only plain `all` broadcasts and its (public) rooms.
+/// Whether history entry `event` is for session `entry`: `Some(room)` (the room it reaches the
+/// session through, if any) or `None`.
+fn offer_to<'e>(entry: &SessionEntry, event: &'e Entry) -> Option<Option<&'e str>> {
+    let profile = &entry.profile;
+    let to = match &event.event {
+        // A task event: its user's sessions (never an anonymous one), without building an
+        // audience.
+        Event::Task(task) => {
+            let reached = !profile.anonymous && *task.user_id == *profile.user;
+            return (reached && entry.wants(event.event_type())).then_some(None);
+        }
+        Event::Generic(generic) => &generic.to,
+    };
+    let workspace = to.workspace.as_deref();
+    let via_room = to
+        .all_rooms()
+        .find(|room| entry.rooms.iter().any(|r| &**r == *room) && profile.workspace.as_deref() == workspace);
+    let reached = via_room.is_some()
+        || to.all
+        || to.all_users().any(|u| u == &*profile.user)
+        || (to.all_users().next().is_none() && to.all_rooms().next().is_none() && workspace.is_some())
+        || (to.all_users().next().is_none()
+            && to.all_rooms().next().is_none()
+            && workspace.is_none()
+            && !to.roles.is_empty());
+    if !reached || !admits(to, entry, via_room.is_some()) || !entry.wants(event.event_type()) {
+        return None;
+    }
+    Some(
+        via_room
+            .or(to.room.as_deref())
+            .or(to.rooms.first().map(String::as_str)),
+    )
+}
+
 fn admits(to: &Audience, entry: &SessionEntry, via_room: bool) -> bool {
     let profile = &entry.profile;
     if let Some(ws) = to.workspace.as_deref() {

@@ -98,12 +98,9 @@ pub async fn beat(
             () = tokio::time::sleep(handoffs.timing.beat) => {}
         }
         let now = (router.history().next_seq(), router.current_cursor());
-        let behind = registry
-            .sessions()
-            .iter()
-            .filter_map(|m| m.lag())
-            .filter(|seq| *seq < previous.0)
-            .min();
+        // A session not written up to the frontier of one beat ago (queued, stuck, catching
+        // up): the beat says where it stands instead.
+        let behind = registry.oldest_not_written().filter(|seq| *seq < previous.0);
         let cursor = behind
             .and_then(|seq| {
                 let last = router.history().range(seq.checked_sub(1)?, 1).pop()?;
@@ -112,6 +109,7 @@ pub async fn beat(
             .unwrap_or_else(|| previous.1.clone());
         let beat = Beat {
             cursor: cursor.to_string(),
+            at_ms: crate::hub::handoff::unix_ms(),
         };
         control.publish(key.clone(), serde_json::to_string(&beat).ok());
         previous = now;
@@ -292,7 +290,12 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
             tracing::debug!(key, "control record skipped: not a beat");
             return;
         }
-        state.handoffs.beat(&replica, beat, std::time::Instant::now());
+        state.handoffs.beat(
+            &replica,
+            beat,
+            std::time::Instant::now(),
+            crate::hub::handoff::unix_ms(),
+        );
     }
 }
 

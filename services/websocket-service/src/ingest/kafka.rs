@@ -448,10 +448,17 @@ impl Discovery {
             }
         };
         let late_from = lookup(late, self.started_at_ms - START_MARGIN.as_millis() as i64).await?;
+        if self.from_earliest {
+            // The whole log is read: the history is complete (until it evicts).
+            self.router.history().complete_since(0);
+        }
         let history_from = if self.history_age.is_zero() || self.from_earliest {
             HashMap::new()
         } else {
-            lookup(at_start, now_ms - self.history_age.as_millis() as i64).await?
+            let since = now_ms - self.history_age.as_millis() as i64;
+            let found = lookup(at_start, since).await?;
+            self.router.history().complete_since(since.max(0) as u64);
+            found
         };
         let consumer = self.consumer.clone();
         let watermarks: Vec<Result<(String, i32, i64, i64), String>> =

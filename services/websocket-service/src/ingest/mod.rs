@@ -3,7 +3,8 @@
 //! - [`kafka`]: the direct Kafka source (every partition of every topic, no consumer group).
 //! - [`dapr`]: the Dapr pub/sub path: subscription discovery, delivery route, app token.
 //! - [`publish`]: `POST /api/publish`, the HTTP way for backends (to Kafka, or local).
-//! - [`control`]: the control topic the replicas share state through (user-scoped rooms).
+//! - [`control`]: the control topic the replicas share state through (user-scoped rooms, the
+//!   sessions of cursor-less clients and the replicas' beats, for catch-up).
 
 pub mod control;
 pub mod dapr;

@@ -30,6 +30,10 @@ pub struct Request {
     pub event_types: Vec<String>,
     /// The peer's address, for logs (and, without a token, the refusal memory).
     pub peer: Option<String>,
+    /// Without `since`, take over where the user's last cursor-less session stood (WebSocket
+    /// only: the existing frontends are WebSocket clients; a browser's `EventSource` resumes by
+    /// itself with `Last-Event-ID`, and a poll without `since` asks for nothing old).
+    pub catch_up: bool,
 }
 
 impl Request {
@@ -58,6 +62,7 @@ impl Request {
             rooms: list("rooms"),
             event_types: list("event_types"),
             peer: req.peer_addr().map(|a| a.ip().to_string()),
+            catch_up: false,
         }
     }
 
@@ -140,7 +145,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
     };
     // A client that sends no cursor takes over where the user's last such session stood (on any
     // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
-    let handoff = if req.since.is_none() && !anonymous && state.handoffs.enabled() {
+    let handoff = if req.catch_up && req.since.is_none() && !anonymous && state.handoffs.enabled() {
         take_over(state, workspace.as_deref(), &identity.user_id).await
     } else {
         None
@@ -239,10 +244,20 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         )),
         Err(why) => Resumed::Not(why.reason()),
     });
+    // While a replay is pending the session stands where it resumed from: a client that keeps
+    // this cursor and drops before the replay reached it loses nothing.
+    let start = match (
+        &resumed,
+        req.cursor()
+            .or(handoff.as_ref().and_then(|h| h.cursor.as_deref())),
+    ) {
+        (Some(Resumed::Replaying(n)), Some(from)) if *n > 0 => Arc::from(from),
+        _ => start,
+    };
     let feed = Feed::new(
         slot.mailbox().clone(),
         slot.id(),
-        start,
+        start.clone(),
         // A cursor that cannot be honoured starts live: nothing of it is a floor.
         floor.filter(|_| matches!(resumed, Some(Resumed::Replaying(_)))),
     );

@@ -55,6 +55,12 @@ impl Feed {
         }
     }
 
+    /// Tells the mailbox the oldest message this session still holds (for the replica's beat).
+    fn settle(&self) {
+        let taken = self.head.iter().chain(self.outbox.front()).map(|q| q.1.seq).min();
+        self.mailbox.settle(taken);
+    }
+
     /// Whether a message is waiting for room in the transport.
     pub fn blocked(&self) -> bool {
         self.head.is_some()
@@ -72,6 +78,7 @@ impl Feed {
 
     /// Records that `item` was written.
     pub fn written(&mut self, item: &Queued, router: &Router) {
+        self.settle();
         self.last_cursor = router.history().cursor_of(&item.1, router.instance());
     }
 
@@ -106,14 +113,28 @@ impl Feed {
                 return Next::Item(item);
             }
             let Some(seq) = self.mailbox.lag() else {
+                self.settle();
                 return Next::Empty;
             };
             let history = router.history();
-            let batch = history.range(seq, CATCH_UP_BATCH);
-            if batch.is_empty() {
-                if seq < history.oldest_seq() {
-                    return Next::Evicted;
-                }
+            // The batch's entries for this session, picked under the history's read lock with
+            // one registry lookup (no copy of the others).
+            let mut picked: Vec<(Arc<Entry>, Option<Box<str>>)> = Vec::new();
+            let mut next_seq = seq;
+            let visited = history.visit(seq, CATCH_UP_BATCH, |entries| {
+                let floor = self.floor.as_ref();
+                let instance = router.instance();
+                let mut entries = entries.inspect(|e| next_seq = e.seq + 1);
+                registry.offer_each(self.id, &mut entries, |entry, room| {
+                    if !floor.is_some_and(|floor| covered(floor, entry, instance)) {
+                        picked.push((entry.clone(), room.map(Box::from)));
+                    }
+                });
+            });
+            if visited.is_none() {
+                return Next::Evicted;
+            }
+            if next_seq == seq {
                 if router.go_live(&self.mailbox, seq) {
                     // Live: anything pushed from now on is in the queue.
                     continue;
@@ -121,15 +142,13 @@ impl Feed {
                 // Something was routed meanwhile: it is in the history.
                 continue;
             }
-            self.mailbox.set_lag(batch.last().map_or(seq, |e| e.seq + 1));
-            for entry in batch {
-                if self.covered(&entry, router) {
-                    continue;
-                }
-                if let Some(room) = registry.offer_one(self.id, &entry) {
-                    let text = catch_up_message(&entry, room.as_deref(), router);
-                    self.outbox.push_back((text, entry));
-                }
+            if let Some((first, _)) = picked.first() {
+                self.mailbox.pending_from(first.seq);
+            }
+            self.mailbox.set_lag(next_seq);
+            for (entry, room) in picked {
+                let text = catch_up_message(&entry, room.as_deref(), router);
+                self.outbox.push_back((text, entry));
             }
         }
     }
@@ -147,17 +166,15 @@ fn catch_up_message(entry: &Arc<Entry>, room: Option<&str>, router: &Router) -> 
 /// replay), skipping those `floor` covers.
 pub fn count_replay(router: &Router, registry: &Registry, id: SessionId, seq: u64, floor: &Cursor) -> usize {
     let mut count = 0;
-    let mut at = seq;
-    loop {
-        let batch = router.history().range(at, 256);
-        let Some(last) = batch.last() else { return count };
-        at = last.seq + 1;
-        for entry in &batch {
-            if !covered(floor, entry, router.instance()) && registry.offer_one(id, entry).is_some() {
+    let instance = router.instance();
+    router.history().visit(seq, usize::MAX, |entries| {
+        registry.offer_each(id, entries, |entry, _| {
+            if !covered(floor, entry, instance) {
                 count += 1;
             }
-        }
-    }
+        });
+    });
+    count
 }
 
 /// Whether a resume's cursor already covers `entry`.

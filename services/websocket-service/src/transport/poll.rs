@@ -29,6 +29,7 @@ pub async fn poll(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
     }
     let wait = admission::query_param(&req, "wait")
         .and_then(|w| w.parse::<f64>().ok())
+        .filter(|w| w.is_finite())
         .unwrap_or(0.0)
         .clamp(0.0, settings.poll.max_wait_secs as f64);
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
@@ -57,7 +58,8 @@ pub async fn poll(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
                 Next::Evicted => break,
             }
         }
-        if !events.is_empty() || tokio::time::Instant::now() >= deadline {
+        // A drain (or any kick) answers a waiting poll at once: the client polls again elsewhere.
+        if !events.is_empty() || tokio::time::Instant::now() >= deadline || mailbox.kicked().is_some() {
             break;
         }
         if tokio::time::timeout_at(deadline, mailbox.changed())

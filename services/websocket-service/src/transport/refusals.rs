@@ -70,10 +70,17 @@ impl Refusals {
         }
     }
 
-    /// The key of an attempt: its token (or, without one, its peer address) and the workspace it
-    /// asks for.
-    pub fn key(&self, token: Option<&str>, peer: Option<&str>, workspace: Option<&str>) -> u64 {
-        self.hasher.hash_one((token.is_some(), token.or(peer), workspace))
+    /// The key of an attempt: its token (or, without one, its peer address) and what it asks
+    /// for (workspace, rooms), so that asking for something else is a new attempt.
+    pub fn key(
+        &self,
+        token: Option<&str>,
+        peer: Option<&str>,
+        workspace: Option<&str>,
+        rooms: &[String],
+    ) -> u64 {
+        self.hasher
+            .hash_one((token.is_some(), token.or(peer), workspace, rooms))
     }
 
     /// The refusal this key got within the window, if any.
@@ -144,17 +151,26 @@ mod tests {
     fn a_refused_token_is_refused_again_within_the_window_only() {
         let r = Refusals::new(Duration::from_secs(60), 10);
         let t0 = Instant::now();
-        let key = r.key(Some("tok"), None, None);
+        let key = r.key(Some("tok"), None, None, &[]);
         assert_eq!(r.check_at(key, t0), None);
         r.remember_at(key, BAD, t0);
         assert_eq!(r.check_at(key, t0 + Duration::from_secs(59)), Some(BAD));
         assert_eq!(r.check_at(key, t0 + Duration::from_secs(61)), None);
         assert_ne!(
-            r.key(Some("tok"), None, Some("w")),
+            r.key(Some("tok"), None, Some("w"), &[]),
             key,
             "the workspace is part of it"
         );
-        assert_ne!(r.key(Some("other"), None, None), key, "a new token is a new key");
+        assert_ne!(
+            r.key(Some("other"), None, None, &[]),
+            key,
+            "a new token is a new key"
+        );
+        assert_ne!(
+            r.key(Some("tok"), None, None, &["room".into()]),
+            key,
+            "a room the token may not grant does not refuse the token without it"
+        );
         assert_eq!(BAD.status(), 401);
     }
 

@@ -44,11 +44,15 @@ pub async fn ws_route(
 ) -> actix_web::Result<HttpResponse> {
     // Counted before the drain check, so a drain that starts right after it waits for this one.
     let upgrading = Upgrading::new(state.clone().into_inner());
-    let request = Request::from_http(&req, None);
+    let request = Request {
+        catch_up: true,
+        ..Request::from_http(&req, None)
+    };
     let refusal_key = state.refusals.key(
         request.token.as_deref(),
         request.peer.as_deref(),
         request.workspace.as_deref(),
+        &request.rooms,
     );
     if let Some(refused) = state.refusals.check(refusal_key) {
         state.stats.connection_rejected("refused_again");
@@ -753,7 +757,7 @@ fn close_label(code: u16) -> &'static str {
 
 fn kick_reason(code: u16) -> &'static str {
     match code {
-        close::SLOW_CONSUMER => "slow consumer: outbound queue full",
+        close::SLOW_CONSUMER => "slow consumer: fell behind; resume with your cursor",
         close::GOING_AWAY => "server shutting down",
         _ => "closed by server",
     }

@@ -102,6 +102,10 @@ async fn a_resume_on_another_replica_gets_exactly_what_was_missed() {
     let mut again = connect_since(&b, &cursor).await;
     assert_eq!(again.hello["recovered"], true, "{}", again.hello);
     assert_eq!(again.hello["replayed"], 7, "{}", again.hello);
+    assert_eq!(
+        again.hello["cursor"], cursor,
+        "until the replay is written the session stands where it resumed from"
+    );
     let (got, _) = read_until(&mut again, 7).await;
     assert_eq!(got, vec![1, 2, 3, 4, 5, 6, 7]);
     publish(&b, json!([ev("live", 8, json!({"user": "res"}))])).await;
@@ -362,7 +366,47 @@ async fn polling_resumes_the_same_way() {
     let by_time = poll(&a, &format!("&since={before}")).await;
     let ns: Vec<i64> = by_time["events"].as_array().unwrap().iter().map(n_of).collect();
     assert_eq!(ns, vec![1, 2, 3]);
+    // An hour ago: the topic is younger than that and the replica holds all of it, so the
+    // answer is complete.
+    let hour_ago = format!("&since={}", now_secs() - 3600);
+    let whole = poll(&a, &hour_ago).await;
+    assert_eq!(
+        (
+            whole["recovered"].as_bool(),
+            whole["events"].as_array().map(Vec::len)
+        ),
+        (Some(true), Some(3)),
+        "{whole}"
+    );
+    // A replica that keeps only the last two events cannot say what happened an hour ago.
+    let mut short = env_on(&topic);
+    set(&mut short, "HISTORY_MAX_EVENTS", "2");
+    let c = TestGateway::start(short).await;
+    c.wait_ready().await;
+    let too_old = poll(&c, &hour_ago).await;
+    assert_eq!(too_old["recovered"], false, "{too_old}");
+    assert_eq!(too_old["reason"], "history_exceeded", "{too_old}");
+    c.stop().await;
+    // A `wait` that is not a number of seconds is no wait.
+    let odd = poll(&a, &format!("&since={c0}&wait=nan")).await;
+    assert_eq!(odd["events"].as_array().unwrap().len(), 3, "{odd}");
+    // A drain answers a waiting poll at once: it does not hold the replica for its `wait`.
+    let waiting = {
+        let (addr, token) = (a.addr, resume_token());
+        tokio::spawn(async move {
+            let url = format!("http://{addr}/events/poll?token={token}&wait=25");
+            reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
     a.stop().await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+    assert!(answer.is_ok(), "the waiting poll was answered by the drain");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the drain did not wait for the poll"
+    );
     b.stop().await;
 }
 
