@@ -26,7 +26,8 @@
 //! server's WORKERS), BENCH_FETCH_WAIT_MS (5), BENCH_CONNECT_CONCURRENCY (128),
 //! BENCH_SERVER_BIN (another server to measure, e.g. the `bare_ws` example that gives the floor
 //! of the HTTP stack), BENCH_RESUME_AWAY_SECS (5), BENCH_CONNECT_SEQUENTIAL (1000),
-//! BENCH_CONNECT_PARALLEL (200).
+//! BENCH_CONNECT_PARALLEL (200), BENCH_SERVER_ENV (settings for every server started:
+//! `KEY=value,KEY=value`).
 
 mod fanout;
 mod recovery;
@@ -107,6 +108,17 @@ struct Config {
     concurrency: usize,
 }
 
+/// `BENCH_SERVER_ENV="KEY=value,KEY=value"`: settings for every server the benchmark starts
+/// (to compare a setting's cost), applied after the workload's own.
+fn server_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_SERVER_ENV")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
 struct Server {
     child: Child,
     port: u16,
@@ -140,6 +152,7 @@ impl Server {
         .env("RDKAFKA_FETCH_WAIT_MAX_MS", cfg.fetch_wait.to_string())
         .env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
+        .envs(server_env())
         .stdout(Stdio::null())
         .spawn()
         .expect("start websocket-service");

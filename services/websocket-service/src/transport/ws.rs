@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
+use futures_util::future::OptionFuture;
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 
@@ -255,7 +256,26 @@ enum End {
 }
 
 impl Connection {
-    async fn run(mut self, mut stream: AggregatedMessageStream) {
+    /// The session's life. Its future is what an idle connection costs beyond the HTTP stack's
+    /// buffers, so what happens once (the greeting, the close) is built outside it or boxed.
+    ///
+    /// Not an `async fn`: one would copy its arguments into its state a second time (the
+    /// connection and the stream, about 480 bytes), while an `async move` block uses what it
+    /// captured in place.
+    fn run(mut self, mut stream: AggregatedMessageStream) -> impl std::future::Future<Output = ()> {
+        async move {
+            let hello = self.hello();
+            let end = match self.write(hello).await {
+                Ok(()) => self.serve(&mut stream).await,
+                Err(end) => end,
+            };
+            drop(stream);
+            Box::pin(self.finish(end)).await;
+        }
+    }
+
+    /// The `connected` message; records a cursor-less session.
+    fn hello(&mut self) -> ByteString {
         self.slot.stats = Some(self.state.stats.clone());
         let connection_id = uuid::Uuid::new_v4().to_string();
         let now = now_rfc3339();
@@ -280,10 +300,11 @@ impl Connection {
         }
         .to_text();
         self.record_session(false);
-        let end = match self.write(hello).await {
-            Ok(()) => self.serve(&mut stream).await,
-            Err(end) => end,
-        };
+        hello
+    }
+
+    /// Leaves the registry, then writes the close (if any).
+    async fn finish(mut self, end: End) {
         self.slot.ended = match &end {
             End::Gone => "client_gone",
             End::Close(code, _) => close_label(*code),
@@ -301,8 +322,7 @@ impl Connection {
                 state.stats.slow_client(&user_id);
             }
             tracing::debug!(%user_id, code, reason, "websocket session closed");
-            // Boxed: only at the end, and it would otherwise grow every idle session.
-            Box::pin(close_now(session, code, &reason)).await;
+            close_now(session, code, &reason).await;
         }
     }
 
@@ -423,7 +443,9 @@ impl Connection {
                     last_seen = Instant::now();
                     match frame {
                         Some(Ok(msg)) => {
-                            if let Some(end) = self.on_message(msg).await {
+                            // Boxed, as the write below: the idle session's future keeps
+                            // room for neither (memory per idle connection).
+                            if let Some(end) = Box::pin(self.on_message(msg)).await {
                                 return end;
                             }
                         }
@@ -443,15 +465,8 @@ impl Connection {
                         return write_timed_out();
                     }
                     if now >= next_ping {
-                        if let Err(end) = self.control(Control::Ping).await {
+                        if let Err(end) = Box::pin(self.heartbeat(&router)).await {
                             return end;
-                        }
-                        if self.heartbeats && !self.feed.blocked() {
-                            let cursor = self.feed.cursor(&router);
-                            let beat = ServerMessage::Heartbeat { cursor: &cursor, server_time: &now_rfc3339() }.to_text();
-                            if let Err(end) = self.write(beat).await {
-                                return end;
-                            }
                         }
                         if matches!(self.recorded, Some((_, true))) {
                             // The changes that were held back.
@@ -470,7 +485,9 @@ impl Connection {
                 () = mailbox.changed() => {}
                 // The channel was full: wait for room for the message in line, which is taken
                 // out of the feed only once written.
-                written = write_head(&mut self.session, &mut self.feed), if blocked => {
+                Some(written) = OptionFuture::from(
+                    blocked.then(|| Box::pin(write_head(&mut self.session, &mut self.feed)))
+                ), if blocked => {
                     match written {
                         Ok(Some(item)) => {
                             stuck_since = None;
@@ -485,6 +502,21 @@ impl Connection {
                 () = std::future::ready(()), if more => {}
             }
         }
+    }
+
+    /// A ping, and for a client that resumes with cursors, a `heartbeat` with its position.
+    async fn heartbeat(&mut self, router: &crate::hub::router::Router) -> Result<(), End> {
+        self.control(Control::Ping).await?;
+        if self.heartbeats && !self.feed.blocked() {
+            let cursor = self.feed.cursor(router);
+            let beat = ServerMessage::Heartbeat {
+                cursor: &cursor,
+                server_time: &now_rfc3339(),
+            }
+            .to_text();
+            self.write(beat).await?;
+        }
+        Ok(())
     }
 
     /// Writes one text message within the write deadline.
