@@ -262,6 +262,7 @@ impl Connection {
     /// Not an `async fn`: one would copy its arguments into its state a second time (the
     /// connection and the stream, about 480 bytes), while an `async move` block uses what it
     /// captured in place.
+    #[allow(clippy::manual_async_fn)]
     fn run(mut self, mut stream: AggregatedMessageStream) -> impl std::future::Future<Output = ()> {
         async move {
             let hello = self.hello();
