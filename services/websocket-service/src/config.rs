@@ -92,6 +92,15 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("CATCHUP_WINDOW_SECS", "history.catchup_window_secs"),
     ("CATCHUP_HEARTBEAT_MS", "history.catchup_heartbeat_ms"),
     ("CATCHUP_MAX_SESSIONS", "history.catchup_max_sessions"),
+    ("PRESENCE_ENABLED", "cluster.presence_enabled"),
+    ("PRESENCE_GRACE_SECS", "cluster.presence_grace_secs"),
+    ("PRESENCE_LEASE_SECS", "cluster.presence_lease_secs"),
+    ("PRESENCE_MAX_LISTED", "cluster.presence_max_listed"),
+    ("REVOCATION_TTL_SECS", "cluster.revocation_ttl_secs"),
+    ("CLIENT_MESSAGES_PER_SEC", "cluster.client_messages_per_sec"),
+    ("CLIENT_MESSAGES_BURST", "cluster.client_messages_burst"),
+    ("CONNECT_RATE_PER_SEC", "cluster.connect_rate_per_sec"),
+    ("CONNECT_RATE_BURST", "cluster.connect_rate_burst"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -123,7 +132,38 @@ pub struct Settings {
     pub rooms: RoomsSettings,
     pub anonymous: AnonymousSettings,
     pub api: ApiSettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
+}
+
+/// Presence, revocation and rate limits: what the replicas decide together (through the control
+/// topic) or each for itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// `user.online` / `user.offline` to the users who share a workspace (everyone, for users
+    /// without one), and the `presence` query. Off by default: telling every user who else is
+    /// online is the deployment's decision (a helpdesk wants it, a task app's users would not).
+    pub presence_enabled: bool,
+    /// A user whose last session closed stays online this long (a reload sends nothing); also how
+    /// long a drained replica's users stay online, the time they have to reconnect elsewhere.
+    pub presence_grace_secs: u64,
+    /// A replica whose beats stopped this long ago is dead: its users go offline (unless they are
+    /// connected elsewhere).
+    pub presence_lease_secs: u64,
+    /// Most users listed in a `presence` answer (the rest: `truncated`).
+    pub presence_max_listed: usize,
+    /// How long a revocation is kept when the request gives no `exp`: the longest lifetime of the
+    /// tokens it may name.
+    pub revocation_ttl_secs: u64,
+    /// Client messages per second per session (0: no limit).
+    pub client_messages_per_sec: u32,
+    /// Messages a session may send at once above the rate.
+    pub client_messages_burst: u32,
+    /// New connections per second per replica, all transports (0: no limit).
+    pub connect_rate_per_sec: u32,
+    /// Connections that may arrive at once above the rate.
+    pub connect_rate_burst: u32,
 }
 
 /// The recent events every replica keeps: what resumes replay and slow sessions catch up from.
@@ -451,6 +491,15 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("history.catchup_window_secs", DefaultValue::Int(60)),
     ("history.catchup_heartbeat_ms", DefaultValue::Int(100)),
     ("history.catchup_max_sessions", DefaultValue::Int(1_000_000)),
+    ("cluster.presence_enabled", DefaultValue::Bool(false)),
+    ("cluster.presence_grace_secs", DefaultValue::Int(5)),
+    ("cluster.presence_lease_secs", DefaultValue::Int(15)),
+    ("cluster.presence_max_listed", DefaultValue::Int(1000)),
+    ("cluster.revocation_ttl_secs", DefaultValue::Int(86_400)),
+    ("cluster.client_messages_per_sec", DefaultValue::Int(20)),
+    ("cluster.client_messages_burst", DefaultValue::Int(40)),
+    ("cluster.connect_rate_per_sec", DefaultValue::Int(0)),
+    ("cluster.connect_rate_burst", DefaultValue::Int(1000)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -698,6 +747,40 @@ impl Settings {
             self.history.catchup_max_sessions as u64,
             1,
             100_000_000,
+        )?;
+        let cluster = &self.cluster;
+        within("PRESENCE_GRACE_SECS", cluster.presence_grace_secs, 0, 3600)?;
+        within("PRESENCE_LEASE_SECS", cluster.presence_lease_secs, 1, 3600)?;
+        within(
+            "PRESENCE_MAX_LISTED",
+            cluster.presence_max_listed as u64,
+            1,
+            100_000,
+        )?;
+        within("REVOCATION_TTL_SECS", cluster.revocation_ttl_secs, 60, 365 * DAY)?;
+        within(
+            "CLIENT_MESSAGES_PER_SEC",
+            cluster.client_messages_per_sec.into(),
+            0,
+            100_000,
+        )?;
+        within(
+            "CLIENT_MESSAGES_BURST",
+            cluster.client_messages_burst.into(),
+            1,
+            100_000,
+        )?;
+        within(
+            "CONNECT_RATE_PER_SEC",
+            cluster.connect_rate_per_sec.into(),
+            0,
+            1_000_000,
+        )?;
+        within(
+            "CONNECT_RATE_BURST",
+            cluster.connect_rate_burst.into(),
+            1,
+            1_000_000,
         )?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;

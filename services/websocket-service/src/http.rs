@@ -112,6 +112,9 @@ pub fn internal_server(state: Arc<AppState>, listener: std::net::TcpListener) ->
             .app_data(data.clone())
             .route("/metrics", web::get().to(metrics))
             .route("/api/publish", web::post().to(crate::ingest::publish::publish))
+            .route("/api/revoke", web::post().to(crate::api::revoke))
+            .route("/api/disconnect", web::post().to(crate::api::disconnect))
+            .route("/api/presence", web::get().to(crate::api::presence))
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
             .configure(|cfg| dapr_routes(cfg, &dapr_route))
@@ -188,6 +191,8 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         history_events,
         history_bytes,
         catchup_sessions: state.handoffs.len(),
+        online_users: state.presence.counts().0,
+        revocations: state.revocations.len(),
     };
     let body = state.stats.encode(&now, &state.readiness.report());
     HttpResponse::Ok()

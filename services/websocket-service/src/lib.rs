@@ -11,7 +11,8 @@
 //! - [`hub`]: who receives what: [`hub::registry`] (sessions, mailboxes, limits),
 //!   [`hub::router`] (event -> message -> mailboxes), [`hub::history`] and [`hub::cursor`]
 //!   (recent events and resume positions), [`hub::handoff`] (catch-up for cursor-less
-//!   clients), [`hub::memberships`] (user-scoped rooms), [`hub::dedup`] (one event, one
+//!   clients), [`hub::memberships`] (user-scoped rooms), [`hub::presence`] (who is online,
+//!   cluster-wide), [`hub::revocations`] (revoked tokens), [`hub::dedup`] (one event, one
 //!   delivery).
 //! - [`transport`]: how it reaches the client: [`transport::admission`] (one admission for every
 //!   transport), [`transport::feed`] (what a session writes next: its queue, the history),
@@ -19,6 +20,8 @@
 //! - [`protocol`]: the messages on the socket and the close codes.
 //! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
 //! - [`http`]: the public and internal listeners and their routes.
+//! - [`api`]: the server API for backends (revoke, disconnect, presence); publish is in
+//!   [`ingest::publish`].
 //! - [`config`]: settings from defaults, an optional TOML file and the environment; validated.
 //! - [`health`]: readiness: what holds the replica back, what is degraded.
 //! - [`supervise`]: restarts background tasks that panic.
@@ -29,6 +32,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod health;
@@ -74,6 +78,12 @@ pub struct AppState {
     pub handoffs: Arc<hub::handoff::Handoffs>,
     /// Writes control records, when the control topic is used.
     pub control: Option<Arc<ingest::control::Control>>,
+    /// Who is online, cluster-wide.
+    pub presence: Arc<hub::presence::Presence>,
+    /// Revoked tokens, cluster-wide.
+    pub revocations: Arc<hub::revocations::Revocations>,
+    /// `CONNECT_RATE_PER_SEC`: new sessions of this replica, all transports.
+    pub connect_limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// A configured gateway, not yet serving.
@@ -83,6 +93,8 @@ pub struct Gateway {
     kafka: Option<kafka::Source>,
     /// The control topic's consume loop, when it is read (user-scoped rooms with Kafka).
     control_loop: Option<supervise::Restartable>,
+    /// What the control records are applied to (also without the control topic).
+    shared: Arc<ingest::control::Shared>,
     /// Stops the sources. Cancelled after the drain: they keep feeding the sessions still open.
     sources: CancellationToken,
 }
@@ -183,6 +195,7 @@ impl Gateway {
                 }),
                 beat: Duration::from_millis(history.catchup_heartbeat_ms),
                 slack: Duration::from_millis(fetch_wait),
+                keep: Duration::from_secs(settings.cluster.presence_lease_secs * 2),
             };
             Arc::new(hub::handoff::Handoffs::new(
                 timing,
@@ -191,18 +204,39 @@ impl Gateway {
                 history.catchup_max_sessions,
             ))
         };
-        let (control, control_loop) =
-            if settings.kafka_enabled() && (user_rooms.memberships.enabled() || handoffs.enabled()) {
-                let shared = Arc::new(ingest::control::Shared {
-                    rooms: user_rooms.clone(),
-                    handoffs: handoffs.clone(),
-                });
-                let (control, run) =
-                    ingest::control::start(&settings, shared, readiness.clone(), sources.clone())?;
-                (Some(control), Some(run))
-            } else {
-                (None, None)
-            };
+        let presence = Arc::new(hub::presence::Presence::new(
+            &handoffs.replica,
+            settings.cluster.presence_enabled,
+            std::time::Duration::from_secs(settings.cluster.presence_grace_secs),
+            std::time::Duration::from_secs(settings.cluster.presence_lease_secs),
+            settings.rooms.max_per_session.min(64),
+        ));
+        registry.track_presence(presence.clone());
+        let revocations = Arc::new(hub::revocations::Revocations::default());
+        let shared = Arc::new(ingest::control::Shared {
+            rooms: user_rooms.clone(),
+            handoffs: handoffs.clone(),
+            presence: presence.clone(),
+            revocations: revocations.clone(),
+            registry: registry.clone(),
+            router: router.clone(),
+            stats: stats.clone(),
+            announce: std::sync::atomic::AtomicBool::new(false),
+        });
+        // With Kafka, the replicas share state through the control topic (presence and
+        // revocations at least); without it, each keeps its own.
+        let (control, control_loop) = if settings.kafka_enabled() {
+            let (control, run) =
+                ingest::control::start(&settings, shared.clone(), readiness.clone(), sources.clone())?;
+            (Some(control), Some(run))
+        } else {
+            shared.announce.store(true, std::sync::atomic::Ordering::Release);
+            (None, None)
+        };
+        let connect_limiter = std::num::NonZeroU32::new(settings.cluster.connect_rate_per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(settings.cluster.connect_rate_burst).unwrap_or(rate);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -217,6 +251,9 @@ impl Gateway {
             user_rooms,
             handoffs,
             control,
+            presence,
+            revocations,
+            connect_limiter,
             refusals: transport::refusals::Refusals::new(
                 std::time::Duration::from_secs(settings_refusal_secs),
                 settings_refusal_capacity,
@@ -226,6 +263,7 @@ impl Gateway {
             state,
             kafka,
             control_loop,
+            shared,
             sources,
         })
     }
@@ -267,26 +305,26 @@ impl Gateway {
                 run,
             )));
         }
-        if self.state.user_rooms.memberships.enabled() || self.state.handoffs.enabled() {
-            let shared = Arc::new(ingest::control::Shared {
-                rooms: self.state.user_rooms.clone(),
-                handoffs: self.state.handoffs.clone(),
-            });
-            if let (Some(control), true) = (&self.state.control, self.state.handoffs.enabled()) {
-                tasks.push(tokio::spawn(ingest::control::beat(
-                    control.clone(),
-                    self.state.handoffs.clone(),
-                    self.state.router.clone(),
-                    self.state.registry.clone(),
-                    self.sources.clone(),
-                )));
-            }
-            tasks.push(tokio::spawn(ingest::control::maintain(
-                shared,
-                self.state.control.clone(),
+        if let Some(control) = &self.state.control {
+            tasks.push(tokio::spawn(ingest::control::beat(
+                control.clone(),
+                self.state.handoffs.clone(),
+                self.state.router.clone(),
+                self.state.registry.clone(),
                 self.sources.clone(),
             )));
         }
+        tasks.push(tokio::spawn(ingest::control::maintain(
+            self.shared.clone(),
+            self.state.control.clone(),
+            self.sources.clone(),
+        )));
+        tasks.push(tokio::spawn(ingest::control::cluster(
+            self.shared.clone(),
+            self.state.control.clone(),
+            std::time::Duration::from_secs(self.state.settings.cluster.revocation_ttl_secs),
+            self.sources.clone(),
+        )));
         let public = http::public_server(self.state.clone(), listeners.public)?;
         let internal = http::internal_server(self.state.clone(), listeners.internal)?;
         let handles = [public.handle(), internal.handle()];

@@ -32,6 +32,12 @@ pub mod close {
     pub const TOO_MANY_CONNECTIONS: u16 = 4029;
     /// The token does not grant the workspace asked for with `?workspace_id=`.
     pub const FORBIDDEN: u16 = 4003;
+    /// The client kept sending messages faster than `CLIENT_MESSAGES_PER_SEC` after being told
+    /// (`rate_limited` errors): reconnecting is allowed.
+    pub const RATE_LIMITED: u16 = 4009;
+    /// Closed by the application (`POST /api/disconnect` without a code): reconnecting is
+    /// allowed.
+    pub const DISCONNECTED: u16 = 4010;
 }
 
 /// A message from the client: its `type`, and the fields the known types take. Unknown fields
@@ -119,6 +125,23 @@ pub enum ServerMessage<'a> {
         cursor: &'a str,
         server_time: &'a str,
     },
+    /// The answer to `{"type":"presence"}`.
+    Presence {
+        data: PresenceData<'a>,
+    },
+}
+
+/// Who is online in the session's workspace (or in one of its rooms), cluster-wide.
+#[derive(Serialize)]
+pub struct PresenceData<'a> {
+    /// User ids, sorted, at most `PRESENCE_MAX_LISTED`.
+    pub users: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<&'a str>,
+    /// More users are online than listed.
+    pub truncated: bool,
 }
 
 /// A generic event as delivered: both `type` (the helpdesk frontend dispatches on it) and

@@ -74,6 +74,18 @@ pub struct Metrics {
     pub api_publish: Family<ResultLabels, Counter>,
     pub kafka_keyless: Family<TopicLabels, Counter>,
     pub task_restarts: Family<TaskLabels, Counter>,
+    pub presence_online_users: Gauge,
+    pub presence_transitions: Family<KindLabels, Counter>,
+    pub presence_records: Counter,
+    pub revocations: Gauge,
+    pub revoked_sessions: Counter,
+    pub disconnected_sessions: Counter,
+    pub rate_limited: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -123,6 +135,13 @@ impl Default for Metrics {
             api_publish: Family::default(),
             kafka_keyless: Family::default(),
             task_restarts: Family::default(),
+            presence_online_users: Gauge::default(),
+            presence_transitions: Family::default(),
+            presence_records: Counter::default(),
+            revocations: Gauge::default(),
+            revoked_sessions: Counter::default(),
+            disconnected_sessions: Counter::default(),
+            rate_limited: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -233,6 +252,42 @@ impl Default for Metrics {
             "Background tasks restarted after a panic",
             m.task_restarts.clone(),
         );
+        r.register(
+            "presence_online_users",
+            "Users online in the whole cluster, as this replica sees it (per workspace counted apart)",
+            m.presence_online_users.clone(),
+        );
+        r.register(
+            "presence_transitions",
+            "Users that came online or went offline cluster-wide (kind: online, offline)",
+            m.presence_transitions.clone(),
+        );
+        r.register(
+            "presence_records_written",
+            "Presence records this replica wrote to the control topic",
+            m.presence_records.clone(),
+        );
+        r.register(
+            "revocations",
+            "Revocations in force (by user or jti)",
+            m.revocations.clone(),
+        );
+        r.register(
+            "revoked_sessions",
+            "Sessions of this replica closed by a revocation (4001)",
+            m.revoked_sessions.clone(),
+        );
+        r.register(
+            "disconnected_sessions",
+            "Sessions of this replica closed by POST /api/disconnect",
+            m.disconnected_sessions.clone(),
+        );
+        r.register(
+            "rate_limited",
+            "Rate limits hit (kind: message, a client message refused; message_close, a session \
+             closed for it; connect, a connection refused)",
+            m.rate_limited.clone(),
+        );
         r.register_with_unit(
             "delivery_latency",
             "From the event's timestamp to its hand-off to the sessions' queues",
@@ -263,6 +318,8 @@ pub struct Snapshot {
     pub history_events: usize,
     pub history_bytes: usize,
     pub catchup_sessions: usize,
+    pub online_users: usize,
+    pub revocations: usize,
 }
 
 /// Counters since start, read by tests and the benchmark, and the exported metrics.
@@ -388,6 +445,45 @@ impl Stats {
             .inc();
     }
 
+    pub fn presence_transition(&self, online: bool) {
+        let kind = if online { "online" } else { "offline" };
+        self.metrics
+            .presence_transitions
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Presence records written so far (the cluster task reports them every period).
+    pub fn presence_records(&self, records_written: u64) {
+        let counted = self.metrics.presence_records.get();
+        self.metrics
+            .presence_records
+            .inc_by(records_written.saturating_sub(counted));
+    }
+
+    pub fn revoked_sessions(&self, count: usize) {
+        if count > 0 {
+            tracing::info!(count, "sessions closed: token revoked");
+        }
+        self.metrics.revoked_sessions.inc_by(count as u64);
+    }
+
+    pub fn disconnected_sessions(&self, count: usize) {
+        if count > 0 {
+            tracing::info!(count, "sessions closed by a disconnect order");
+        }
+        self.metrics.disconnected_sessions.inc_by(count as u64);
+    }
+
+    /// A rate limit hit: `message` (a client message refused), `message_close` (a session
+    /// closed for it) or `connect`.
+    pub fn rate_limited(&self, kind: &str) {
+        self.metrics
+            .rate_limited
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
     pub fn catchup(&self, how: &str) {
         self.metrics.catchups.get_or_create(&reason(how)).inc();
     }
@@ -435,6 +531,8 @@ impl Stats {
         self.metrics.history_events.set(now.history_events as i64);
         self.metrics.history_bytes.set(now.history_bytes as i64);
         self.metrics.catchup_sessions.set(now.catchup_sessions as i64);
+        self.metrics.presence_online_users.set(now.online_users as i64);
+        self.metrics.revocations.set(now.revocations as i64);
         self.metrics.ready.set(i64::from(health.ready));
         // Parts that recovered read 0, not their last value.
         self.metrics.degraded.clear();

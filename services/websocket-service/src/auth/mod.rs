@@ -19,6 +19,9 @@ use serde::Deserialize;
 use crate::config::AuthSettings;
 use crate::health::Readiness;
 
+/// Longer `jti` claims are ignored (not a token that a revocation by `jti` could name).
+const MAX_JTI_BYTES: usize = 256;
+
 /// The authenticated peer.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -30,6 +33,10 @@ pub struct Identity {
     pub valid_until: u64,
     /// What the token allows: roles, rooms, workspaces.
     pub grants: grants::Grants,
+    /// The `jti` claim: a revocation may name the token by it.
+    pub jti: Option<Arc<str>>,
+    /// The `iat` claim: a revocation of the user covers the tokens issued before it.
+    pub issued_at: Option<u64>,
 }
 
 /// Why a token was refused. The `reason()` is the close reason sent to the client and the label
@@ -61,6 +68,9 @@ pub enum AuthError {
     /// A grant claim is out of bounds (too many entries, an empty or overlong name).
     #[error("claim `{0}` out of bounds")]
     Claim(&'static str),
+    /// Revoked with `POST /api/revoke` (by user, or by `jti`).
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -85,6 +95,7 @@ impl AuthError {
             AuthError::UnknownKey => "unknown_key",
             AuthError::KeysUnavailable => "keys_unavailable",
             AuthError::Claim(_) => "claim",
+            AuthError::Revoked => "revoked",
         }
     }
 }
@@ -110,6 +121,10 @@ struct Claims {
     sub: String,
     /// Required unless `JWT_REQUIRE_EXP=false`.
     exp: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
+    #[serde(default)]
+    jti: Option<String>,
     #[serde(flatten)]
     grants: grants::GrantClaims,
 }
@@ -197,6 +212,11 @@ impl Authenticator {
                 _ => u64::MAX,
             },
             grants: grants::Grants::from_claims(claims.grants)?,
+            jti: claims
+                .jti
+                .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
+                .map(Arc::from),
+            issued_at: claims.iat,
         })
     }
 

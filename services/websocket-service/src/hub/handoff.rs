@@ -125,6 +125,8 @@ pub struct Timing {
     pub beat: Duration,
     /// How late a beat may arrive on top of its period (the control consumer's fetch wait).
     pub slack: Duration,
+    /// A silent replica is remembered at least this long (presence judges its records by it).
+    pub keep: Duration,
 }
 
 impl Timing {
@@ -264,6 +266,8 @@ impl Handoffs {
             None => {
                 if let Some(seen) = inner.replicas.get_mut(replica) {
                     seen.gone = true;
+                    // Counted from the goodbye: what it served may reconnect elsewhere from here.
+                    seen.at = now;
                 }
             }
         }
@@ -389,22 +393,42 @@ impl Handoffs {
         });
         *total -= expired.len();
         replicas.retain(|id, seen| {
-            id == &self.replica || now.saturating_duration_since(seen.at) <= t.window + t.dead_after() * 2
+            id == &self.replica
+                || now.saturating_duration_since(seen.at) <= (t.window + t.dead_after() * 2).max(t.keep)
         });
-        let janitor = replicas
-            .iter()
-            .filter(|(id, seen)| {
-                *id == &self.replica
-                    || (!seen.gone && now.saturating_duration_since(seen.at) < t.dead_after())
-            })
-            .map(|(id, _)| id.as_str())
-            .chain(std::iter::once(self.replica.as_str()))
-            .min()
-            == Some(self.replica.as_str());
-        if janitor {
+        if Self::janitor_of(replicas, &self.replica, t, now) {
             expired
         } else {
             Vec::new()
+        }
+    }
+
+    /// Whether this replica cleans up after dead ones: the alive replica with the smallest id.
+    pub fn is_janitor(&self, now: Instant) -> bool {
+        let inner = self.inner.lock();
+        Self::janitor_of(&inner.replicas, &self.replica, self.timing, now)
+    }
+
+    fn janitor_of(replicas: &HashMap<String, Seen>, me: &str, t: Timing, now: Instant) -> bool {
+        replicas
+            .iter()
+            .filter(|(id, seen)| {
+                *id == me || (!seen.gone && now.saturating_duration_since(seen.at) < t.dead_after())
+            })
+            .map(|(id, _)| id.as_str())
+            .chain(std::iter::once(me))
+            .min()
+            == Some(me)
+    }
+
+    /// What is known of `replica` from its beats.
+    pub fn liveness(&self, replica: &str) -> crate::hub::presence::Liveness {
+        use crate::hub::presence::Liveness;
+        let inner = self.inner.lock();
+        match inner.replicas.get(replica) {
+            Some(seen) if seen.gone => Liveness::Gone(seen.at),
+            Some(seen) => Liveness::Beat(seen.at),
+            None => Liveness::Unknown,
         }
     }
 
@@ -429,6 +453,7 @@ mod tests {
             window: Duration::from_secs(60),
             beat: BEAT,
             slack: Duration::ZERO,
+            keep: Duration::ZERO,
         };
         Handoffs::new(timing, "me".into(), per_user, 100)
     }

@@ -10,11 +10,15 @@
 //! - [`history`]: recent events, what resumes replay and slow sessions catch up from.
 //! - [`memberships`]: rooms that belong to the user (every session, every replica, across
 //!   reconnects).
+//! - [`presence`]: who is online, cluster-wide, and the transitions to announce.
+//! - [`revocations`]: revoked tokens, cluster-wide.
 
 pub mod cursor;
 pub mod dedup;
 pub mod handoff;
 pub mod history;
 pub mod memberships;
+pub mod presence;
 pub mod registry;
+pub mod revocations;
 pub mod router;

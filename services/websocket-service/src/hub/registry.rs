@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use task_events::{Audience, Event};
 
 use crate::hub::history::Entry;
+use crate::hub::presence::Presence;
 use crate::protocol::close;
 
 /// A session's outbound queue plus the way to tell it to close.
@@ -228,8 +229,15 @@ pub struct Profile {
     pub workspace: Option<Arc<str>>,
     /// The token's roles.
     pub roles: Box<[Arc<str>]>,
-    /// An anonymous session: only `all` broadcasts and public rooms reach it.
+    /// An anonymous session: only `all` broadcasts and public rooms reach it, and never a
+    /// presence event.
     pub anonymous: bool,
+    /// The token's `jti` and `iat`, which a revocation may name.
+    pub jti: Option<Arc<str>>,
+    pub issued_at: Option<u64>,
+    /// The session counts in presence (WebSocket and SSE sessions of a signed-in user; a poll
+    /// does not).
+    pub presence: bool,
 }
 
 impl Profile {
@@ -239,8 +247,17 @@ impl Profile {
             workspace: None,
             roles: Box::new([]),
             anonymous: false,
+            jti: None,
+            issued_at: None,
+            presence: false,
         }
     }
+}
+
+/// Presence events: never to an anonymous session (it appears nowhere in presence and sees no
+/// one in it).
+pub fn is_presence_event(event_type: &str) -> bool {
+    matches!(event_type, "user.online" | "user.offline")
 }
 
 pub type SessionId = u64;
@@ -364,6 +381,11 @@ pub struct Registry {
     /// Set when the drain starts: no session is admitted after it, so none can miss its 1001.
     closed: AtomicBool,
     limits: Limits,
+    /// Told of every presence-counted session that opens or closes, and of its rooms.
+    presence: std::sync::OnceLock<Arc<Presence>>,
+    /// Why a session was kicked, when the code alone does not say (a revocation, a disconnect
+    /// through the server API). Taken by the session when it closes.
+    reasons: parking_lot::Mutex<HashMap<SessionId, Box<str>>>,
 }
 
 impl Registry {
@@ -373,7 +395,48 @@ impl Registry {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             limits,
+            presence: std::sync::OnceLock::new(),
+            reasons: parking_lot::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reports sessions to `presence` from now on.
+    pub fn track_presence(&self, presence: Arc<Presence>) {
+        let _ = self.presence.set(presence);
+    }
+
+    /// Kicks every session of `user` (every session, when `None`) whose profile `matches`, with
+    /// `code` and `reason`. Returns how many.
+    pub fn kick_where(
+        &self,
+        user: Option<&str>,
+        matches: impl Fn(&Profile) -> bool,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let index = self.index.read();
+        let ids: Vec<SessionId> = match user {
+            Some(user) => index.by_user.get(user).cloned().unwrap_or_default(),
+            None => index.sessions.keys().copied().collect(),
+        };
+        let mut kicked = 0;
+        for id in ids {
+            let Some(entry) = index.sessions.get(&id) else {
+                continue;
+            };
+            if !matches(&entry.profile) || entry.mailbox.kicked().is_some() {
+                continue;
+            }
+            self.reasons.lock().insert(id, reason.into());
+            entry.mailbox.kick(code);
+            kicked += 1;
+        }
+        kicked
+    }
+
+    /// The reason a session was kicked with [`Registry::kick_where`], once.
+    pub fn take_reason(&self, id: SessionId) -> Option<Box<str>> {
+        self.reasons.lock().remove(&id)
     }
 
     /// Admits a session and returns its slot, or says which limit refused it.
@@ -413,6 +476,9 @@ impl Registry {
         }
         if profile.anonymous {
             index.anonymous += 1;
+        }
+        if let (true, Some(presence)) = (profile.presence, self.presence.get()) {
+            presence.opened(profile.workspace.as_deref(), &profile.user);
         }
         let user = profile.user.clone();
         index.sessions.insert(
@@ -463,6 +529,16 @@ impl Registry {
         if profile.anonymous {
             index.anonymous -= 1;
         }
+        if let (true, Some(presence)) = (profile.presence, self.presence.get()) {
+            presence.closed(
+                profile.workspace.as_deref(),
+                &profile.user,
+                &entry.rooms,
+                std::time::Instant::now(),
+            );
+        }
+        drop(index);
+        self.reasons.lock().remove(&id);
     }
 
     /// Adds a room to a session (idempotent).
@@ -479,6 +555,14 @@ impl Registry {
             return Err(JoinRefused::Limit);
         }
         let room: Arc<str> = room.into();
+        if let (true, Some(presence)) = (entry.profile.presence, self.presence.get()) {
+            presence.room(
+                entry.profile.workspace.as_deref(),
+                &entry.profile.user,
+                &room,
+                true,
+            );
+        }
         entry.rooms.push(room.clone());
         by_room
             .entry((entry.profile.workspace.clone(), room))
@@ -500,6 +584,14 @@ impl Registry {
             return;
         };
         let room = entry.rooms.swap_remove(at);
+        if let (true, Some(presence)) = (entry.profile.presence, self.presence.get()) {
+            presence.room(
+                entry.profile.workspace.as_deref(),
+                &entry.profile.user,
+                &room,
+                false,
+            );
+        }
         unindex(by_room, &(entry.profile.workspace.clone(), room), id);
     }
 
@@ -546,7 +638,7 @@ impl Registry {
         // The message of each room variant, built on first use.
         let mut built: Vec<(Option<Box<str>>, ByteString)> = Vec::new();
         let mut offer_entry = |entry: &SessionEntry, via_room: Option<&str>, outcome: &mut Delivery| {
-            if !admits(to, entry, via_room.is_some()) || !entry.wants(event_type) {
+            if !admits(to, entry, via_room.is_some(), event_type) || !entry.wants(event_type) {
                 return;
             }
             if entry.mailbox.kicked().is_some() {
@@ -770,7 +862,10 @@ fn offer_to<'e>(entry: &SessionEntry, event: &'e Entry) -> Option<Option<&'e str
             && to.all_rooms().next().is_none()
             && workspace.is_none()
             && !to.roles.is_empty());
-    if !reached || !admits(to, entry, via_room.is_some()) || !entry.wants(event.event_type()) {
+    if !reached
+        || !admits(to, entry, via_room.is_some(), event.event_type())
+        || !entry.wants(event.event_type())
+    {
         return None;
     }
     Some(
@@ -780,7 +875,7 @@ fn offer_to<'e>(entry: &SessionEntry, event: &'e Entry) -> Option<Option<&'e str
     )
 }
 
-fn admits(to: &Audience, entry: &SessionEntry, via_room: bool) -> bool {
+fn admits(to: &Audience, entry: &SessionEntry, via_room: bool, event_type: &str) -> bool {
     let profile = &entry.profile;
     if let Some(ws) = to.workspace.as_deref() {
         if profile.workspace.as_deref() != Some(ws) {
@@ -793,7 +888,9 @@ fn admits(to: &Audience, entry: &SessionEntry, via_room: bool) -> bool {
     if to.exclude_users.iter().any(|u| u.as_str() == &*profile.user) {
         return false;
     }
-    if profile.anonymous && !via_room && !(to.all && to.workspace.is_none()) {
+    // Anonymous: its (public) rooms and plain `all` broadcasts only, and never presence.
+    let plain_broadcast = to.all && to.workspace.is_none();
+    if profile.anonymous && (is_presence_event(event_type) || !(via_room || plain_broadcast)) {
         return false;
     }
     true
@@ -836,7 +933,7 @@ mod tests {
             user: user.into(),
             workspace: ws.map(Arc::from),
             roles: roles.iter().map(|r| Arc::from(*r)).collect(),
-            anonymous: false,
+            ..Profile::user(user)
         }
     }
 

@@ -7,9 +7,12 @@
 //! tombstone, so a compacted topic keeps exactly the state in force (`cleanup.policy=compact`).
 //!
 //! It carries user-scoped room memberships ([`Membership`]), the sessions of clients that send no
-//! cursor and the replicas' beats ([`crate::hub::handoff`]).
+//! cursor and the replicas' beats ([`crate::hub::handoff`]), presence ([`crate::hub::presence`]),
+//! revocations ([`crate::hub::revocations`]) and disconnect orders (`["disconnect", id]`, applied
+//! by the replicas that read them within [`DISCONNECT_VALID`], then tombstoned).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,17 +22,94 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::health::Readiness;
 use crate::hub::handoff::{Beat, Handoffs, Session};
 use crate::hub::memberships::{Membership, UserRooms};
+use crate::hub::presence::{Change, Presence};
+use crate::hub::registry::Registry;
+use crate::hub::revocations::{Revocation, Revocations, Target};
+use crate::hub::router::Router;
+use crate::telemetry::Stats;
 
 /// What the control records are applied to.
 pub struct Shared {
     pub rooms: Arc<UserRooms>,
     pub handoffs: Arc<Handoffs>,
+    pub presence: Arc<Presence>,
+    pub revocations: Arc<Revocations>,
+    pub registry: Arc<Registry>,
+    pub router: Arc<Router>,
+    pub stats: Arc<Stats>,
+    /// Presence transitions are announced to sessions: set once the control topic has been read
+    /// up to where it stood at start (before that, nobody is connected here to tell, and the
+    /// read-back would fill the history with the past).
+    pub announce: AtomicBool,
+}
+
+/// A disconnect order read later than this after it was written is not applied (a replica
+/// reading the topic back at start has no session it could mean).
+pub const DISCONNECT_VALID: Duration = Duration::from_secs(30);
+
+/// `POST /api/disconnect`: close a user's sessions everywhere, revoking nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    pub code: u16,
+    pub reason: String,
+    /// The replica that wrote it (it applied it already).
+    pub replica: String,
+    pub at_ms: u64,
+}
+
+impl Disconnect {
+    pub fn key_of(id: &str) -> String {
+        serde_json::json!(["disconnect", id]).to_string()
+    }
+
+    fn is_key(key: &str) -> bool {
+        serde_json::from_str::<(String, String)>(key).is_ok_and(|(kind, _)| kind == "disconnect")
+    }
+
+    /// Closes the matching sessions here; how many.
+    pub fn apply(&self, registry: &Registry) -> usize {
+        registry.kick_where(
+            Some(&self.user),
+            |p| self.workspace.is_none() || p.workspace.as_deref() == self.workspace.as_deref(),
+            self.code,
+            &self.reason,
+        )
+    }
+}
+
+/// Closes the sessions a revocation covers, here; how many.
+pub fn close_revoked(registry: &Registry, target: &Target, revocation: &Revocation) -> usize {
+    let covers = |p: &crate::hub::registry::Profile| {
+        revocation.covers(&crate::hub::revocations::Token {
+            user: &p.user,
+            jti: p.jti.as_deref(),
+            issued_at: p.issued_at,
+        })
+    };
+    match target {
+        Target::User(user) => registry.kick_where(
+            Some(user),
+            covers,
+            crate::protocol::close::UNAUTHORIZED,
+            "revoked",
+        ),
+        Target::Jti(jti) => registry.kick_where(
+            None,
+            |p| p.jti.as_deref() == Some(jti.as_str()) && covers(p),
+            crate::protocol::close::UNAUTHORIZED,
+            "revoked",
+        ),
+    }
 }
 use crate::ingest::kafka::{client_config, producer_config};
 
@@ -67,13 +147,23 @@ impl Control {
     }
 
     async fn send(&self, key: String, value: Option<String>) {
-        let mut record = FutureRecord::to(&self.topic).key(&key);
-        if let Some(value) = &value {
-            record = record.payload(value);
-        }
-        if let Err((error, _)) = self.producer.send(record, Duration::from_secs(10)).await {
+        if let Err(error) = self.write(&key, value.as_deref()).await {
             tracing::warn!(%error, key, "control record not written");
         }
+    }
+
+    /// Writes one record and waits for the broker's acknowledgement (the server API answers
+    /// only once every replica can read it).
+    pub async fn write(&self, key: &str, value: Option<&str>) -> Result<(), String> {
+        let mut record = FutureRecord::to(&self.topic).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error.to_string())
     }
 }
 
@@ -221,6 +311,7 @@ async fn consume(
     };
     targets.retain(|_, high| *high > 0);
     if targets.is_empty() {
+        state.announce.store(true, Ordering::Release);
         readiness.open(PART);
     }
     loop {
@@ -250,8 +341,11 @@ async fn consume(
                 tracing::info!(
                     memberships = state.rooms.memberships.len(),
                     catchup_sessions = state.handoffs.len(),
+                    online_users = state.presence.counts().0,
+                    revocations = state.revocations.len(),
                     "control topic caught up"
                 );
+                state.announce.store(true, Ordering::Release);
                 readiness.open(PART);
             }
         }
@@ -284,6 +378,42 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
                 _ => tracing::debug!(key, "control record skipped: value does not match its key"),
             },
         }
+    } else if let Some((replica, workspace, user)) = crate::hub::presence::from_key(key) {
+        let record = match value.map(serde_json::from_slice::<crate::hub::presence::Record>) {
+            None => None,
+            Some(Ok(record)) => Some(record),
+            Some(Err(_)) => {
+                tracing::debug!(key, "control record skipped: not a presence record");
+                return;
+            }
+        };
+        if let Some(change) = state
+            .presence
+            .apply(&replica, workspace.as_deref(), &user, record)
+        {
+            announce(state, &[change]);
+        }
+    } else if let Some(target) = Target::from_key(key) {
+        match value.map(serde_json::from_slice::<Revocation>) {
+            None => state.revocations.apply(target, None),
+            Some(Ok(revocation)) => {
+                state.revocations.apply(target.clone(), Some(revocation));
+                if revocation.until_ms > crate::hub::handoff::unix_ms() {
+                    let closed = close_revoked(&state.registry, &target, &revocation);
+                    state.stats.revoked_sessions(closed);
+                }
+            }
+            Some(Err(_)) => tracing::debug!(key, "control record skipped: not a revocation"),
+        }
+    } else if Disconnect::is_key(key) {
+        let Some(order) = value.and_then(|v| serde_json::from_slice::<Disconnect>(v).ok()) else {
+            return;
+        };
+        let age = crate::hub::handoff::unix_ms().saturating_sub(order.at_ms);
+        if order.replica != *state.presence.replica && age <= DISCONNECT_VALID.as_millis() as u64 {
+            let closed = order.apply(&state.registry);
+            state.stats.disconnected_sessions(closed);
+        }
     } else if let Some(replica) = Beat::from_key(key) {
         let beat = value.and_then(|bytes| serde_json::from_slice::<Beat>(bytes).ok());
         if value.is_some() && beat.is_none() {
@@ -296,6 +426,83 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
             std::time::Instant::now(),
             crate::hub::handoff::unix_ms(),
         );
+    }
+}
+
+/// Tells this replica's sessions who came online or went offline: a `user.online` or
+/// `user.offline` event to the user's workspace (everyone when the user has none), except the
+/// user. Routed as an event without a log position (it resumes on this replica only).
+pub fn announce(state: &Shared, changes: &[Change]) {
+    for change in changes {
+        state.stats.presence_transition(change.online);
+    }
+    if !state.announce.load(Ordering::Acquire) {
+        return;
+    }
+    for change in changes {
+        let kind = if change.online {
+            "user.online"
+        } else {
+            "user.offline"
+        };
+        let mut to = serde_json::json!({"exclude_users": [&*change.user]});
+        match &change.workspace {
+            Some(ws) => to["workspace"] = serde_json::json!(&**ws),
+            None => to["all"] = serde_json::json!(true),
+        }
+        let event = serde_json::json!({
+            "event_type": kind,
+            "data": {"user_id": &*change.user},
+            "to": to,
+            "occurred_at": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        });
+        match task_events::Event::from_json(event.to_string().as_bytes()) {
+            Ok(event) => {
+                state.router.route(event, crate::ingest::Origin::Api);
+            }
+            Err(error) => tracing::warn!(%error, "presence event not built"),
+        }
+    }
+}
+
+/// Presence, revocation and disconnect upkeep, every 200 ms: writes this replica's presence
+/// records (new users, changed rooms, tombstones whose grace passed), drops the records of
+/// replicas that died, and forgets revocations whose tokens have expired (the janitor writes
+/// the tombstones).
+pub async fn cluster(
+    shared: Arc<Shared>,
+    control: Option<Arc<Control>>,
+    _revocation_ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let period = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        let now = std::time::Instant::now();
+        let now_ms = crate::hub::handoff::unix_ms();
+        let (writes, changes) = shared.presence.flush(now, now_ms);
+        let janitor = shared.handoffs.is_janitor(now);
+        let (expired, tombstones) =
+            shared
+                .presence
+                .expire(now, |replica| shared.handoffs.liveness(replica), janitor);
+        announce(&shared, &changes);
+        announce(&shared, &expired);
+        let revoked = shared.revocations.expire(now_ms);
+        if let Some(control) = &control {
+            for (key, record) in writes.into_iter().chain(tombstones) {
+                control.publish(key, record.and_then(|r| serde_json::to_string(&r).ok()));
+            }
+            if janitor {
+                for target in revoked {
+                    control.publish(target.key(), None);
+                }
+            }
+        }
+        shared.stats.presence_records(shared.presence.counts().1);
     }
 }
 

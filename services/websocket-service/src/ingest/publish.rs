@@ -181,7 +181,7 @@ async fn write_to_kafka(state: &AppState, producer: &Producer, events: Vec<Ready
     response
 }
 
-fn authorized(req: &HttpRequest, key: &str) -> bool {
+pub(crate) fn authorized(req: &HttpRequest, key: &str) -> bool {
     let headers = req.headers();
     let bearer = headers
         .get(actix_web::http::header::AUTHORIZATION)
@@ -289,7 +289,7 @@ fn complete(mut event: Event) -> Ready {
 }
 
 /// An RFC 9457 problem answer; `extra` (an object) adds fields.
-fn problem(status: u16, title: &str, detail: &str, extra: Option<Value>) -> HttpResponse {
+pub(crate) fn problem(status: u16, title: &str, detail: &str, extra: Option<Value>) -> HttpResponse {
     let status =
         actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
     let mut body =

@@ -34,6 +34,8 @@ pub struct Request {
     /// only: the existing frontends are WebSocket clients; a browser's `EventSource` resumes by
     /// itself with `Last-Event-ID`, and a poll without `since` asks for nothing old).
     pub catch_up: bool,
+    /// The session counts in presence (WebSocket and SSE; not a poll).
+    pub counts_in_presence: bool,
 }
 
 impl Request {
@@ -63,6 +65,7 @@ impl Request {
             event_types: list("event_types"),
             peer: req.peer_addr().map(|a| a.ip().to_string()),
             catch_up: false,
+            counts_in_presence: false,
         }
     }
 
@@ -112,6 +115,17 @@ pub struct Admitted {
     pub took_over: bool,
 }
 
+/// `CONNECT_RATE_PER_SEC`: whether one more new session may be tried now (checked before the
+/// token is verified, so a storm costs little). Counted when not.
+pub fn connect_allowed(state: &AppState) -> bool {
+    if state.connect_limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+        state.stats.rate_limited("connect");
+        state.stats.connection_rejected("connect_rate");
+        return false;
+    }
+    true
+}
+
 /// Decides on a session and admits it.
 pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused> {
     let anonymous = req.token.is_none() && state.settings.anonymous.enabled;
@@ -120,6 +134,21 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         None if anonymous => Ok(anonymous_identity()),
         None => Err(AuthError::Missing),
     };
+    // Revoked through the server API (on any replica): refused as a bad token is.
+    let identity = identity.and_then(|identity| {
+        let token = crate::hub::revocations::Token {
+            user: &identity.user_id,
+            jti: identity.jti.as_deref(),
+            issued_at: identity.issued_at,
+        };
+        if state
+            .revocations
+            .is_revoked(&token, crate::hub::handoff::unix_ms())
+        {
+            return Err(AuthError::Revoked);
+        }
+        Ok(identity)
+    });
     let identity = match identity {
         Ok(identity) => identity,
         Err(error) => {
@@ -194,6 +223,9 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         workspace: workspace.clone(),
         roles: identity.grants.roles.clone(),
         anonymous,
+        jti: identity.jti.clone(),
+        issued_at: identity.issued_at,
+        presence: req.counts_in_presence && !anonymous,
     };
     let resume = req
         .cursor()
@@ -306,6 +338,8 @@ fn anonymous_identity() -> Identity {
         user_id: format!("anonymous:{}", uuid::Uuid::new_v4().simple()).into(),
         valid_until: u64::MAX,
         grants: Default::default(),
+        jti: None,
+        issued_at: None,
     }
 }
 

@@ -37,6 +37,11 @@ pub async fn poll(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             .insert_header(("Retry-After", "1"))
             .json(serde_json::json!({"error": "shutting down", "retry_after": 1}));
     }
+    if !admission::connect_allowed(&state) {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(serde_json::json!({"error": "too many new connections", "retry_after": 1}));
+    }
     let mut admitted = match admission::admit(&state, &request).await {
         Ok(admitted) => admitted,
         Err(refused) => return refusal(refused),

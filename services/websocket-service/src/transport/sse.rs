@@ -39,6 +39,7 @@ const CHANNEL: usize = 16;
 pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let sse = &state.settings.sse;
     let mut request = Request::from_http(&req, sse.token_cookie.as_deref());
+    request.counts_in_presence = true;
     if let Some(last) = req
         .headers()
         .get("last-event-id")
@@ -51,6 +52,9 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         state.stats.connection_rejected("draining");
         return retry_later(sse.retry_ms, "server shutting down");
+    }
+    if !admission::connect_allowed(&state) {
+        return retry_later(sse.retry_ms.max(1000), "too many new connections");
     }
     let admitted = match admission::admit(&state, &request).await {
         Ok(admitted) => admitted,

@@ -47,6 +47,7 @@ pub async fn ws_route(
     let upgrading = Upgrading::new(state.clone().into_inner());
     let request = Request {
         catch_up: true,
+        counts_in_presence: true,
         ..Request::from_http(&req, None)
     };
     let refusal_key = state.refusals.key(
@@ -70,6 +71,17 @@ pub async fn ws_route(
             tokio::time::sleep(pause).await;
             close_now(session, close::GOING_AWAY, "server shutting down: reconnect").await;
         });
+        return Ok(response);
+    }
+    if !admission::connect_allowed(&state) {
+        // Transient, as a full replica: accepted, then 1013 after a jittered pause (a client
+        // that counts failed tries keeps its count; the storm is spread out).
+        drop(upgrading);
+        close_paced(
+            state.settings.server.overload_close_delay_ms,
+            session,
+            "try again later: too many new connections (CONNECT_RATE_PER_SEC)",
+        );
         return Ok(response);
     }
     let admitted = match admission::admit(&state, &request).await {
@@ -114,6 +126,7 @@ pub async fn ws_route(
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.settings.server.max_frame_bytes);
+    let state_cluster = state.settings.cluster.clone();
     let conn = Connection {
         state: state.into_inner(),
         valid_until: admitted.identity.valid_until,
@@ -125,6 +138,11 @@ pub async fn ws_route(
         slot: SlotGuard::new(admitted.slot),
         session,
         recorded: None,
+        limiter: std::num::NonZeroU32::new(state_cluster.client_messages_per_sec).map(|rate| {
+            let burst = std::num::NonZeroU32::new(state_cluster.client_messages_burst).unwrap_or(rate);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        }),
+        refused: 0,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
@@ -245,6 +263,10 @@ struct Connection {
     /// joins its rooms right after it connects), later ones at the next heartbeat, so a client
     /// cannot turn join/leave loops into a flood of control records.
     recorded: Option<(u8, bool)>,
+    /// `CLIENT_MESSAGES_PER_SEC`, when set.
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// Messages refused in a row by the limiter.
+    refused: u16,
 }
 
 /// Why the loop ended.
@@ -393,7 +415,11 @@ impl Connection {
         tokio::pin!(timer);
         loop {
             if let Some(code) = mailbox.kicked() {
-                return End::Close(code, kick_reason(code).into());
+                let reason = registry.take_reason(self.slot.slot.id());
+                return End::Close(
+                    code,
+                    reason.map_or_else(|| kick_reason(code).into(), String::from),
+                );
             }
             // Write what the channel takes right now, without waiting: the usual path, one wake
             // per event. Bounded per turn, so the client's messages and the timer get their turn.
@@ -548,6 +574,27 @@ impl Connection {
     async fn on_message(&mut self, msg: AggregatedMessage) -> Option<End> {
         match msg {
             AggregatedMessage::Text(text) => {
+                if let Some(limiter) = &self.limiter {
+                    if limiter.check().is_err() {
+                        let stats = &self.state.stats;
+                        stats.rate_limited("message");
+                        self.refused = self.refused.saturating_add(1);
+                        // Told once per message refused, up to a burst's worth: then closed.
+                        if u32::from(self.refused) > self.state.settings.cluster.client_messages_burst {
+                            stats.rate_limited("message_close");
+                            return Some(End::Close(
+                                close::RATE_LIMITED,
+                                "rate limited: too many messages".into(),
+                            ));
+                        }
+                        let reply = error(
+                            "rate_limited",
+                            "too many messages (CLIENT_MESSAGES_PER_SEC): this one was not handled",
+                        );
+                        return self.write(reply).await.err();
+                    }
+                    self.refused = 0;
+                }
                 let reply = self.reply_to(&text);
                 self.write(reply).await.err()
             }
@@ -638,6 +685,7 @@ impl Connection {
                 let subscribe = envelope.kind == "subscribe";
                 self.change_filter(subscribe, envelope.event_types)
             }
+            "presence" => self.presence(envelope.room.as_deref()),
             other => {
                 let message = format!(
                     "unknown message type `{}`",
@@ -646,6 +694,35 @@ impl Connection {
                 error("unknown_type", &message)
             }
         }
+    }
+
+    /// `presence`: the users online in the session's workspace, or in one of its rooms,
+    /// cluster-wide.
+    fn presence(&self, room: Option<&str>) -> ByteString {
+        let presence = &self.state.presence;
+        if !presence.enabled() {
+            return error("unavailable", "presence is off (PRESENCE_ENABLED=false)");
+        }
+        if self.slot.slot.user().starts_with("anonymous:") {
+            return error("forbidden", "an anonymous session sees no presence");
+        }
+        if let Some(room) = room {
+            let (rooms, _) = self.state.registry.choices_of(self.slot.slot.id());
+            if !rooms.iter().any(|r| r == room) {
+                return error("forbidden", "join the room first");
+            }
+        }
+        let max = self.state.settings.cluster.presence_max_listed;
+        let (users, truncated) = presence.online(self.workspace.as_deref(), room, max);
+        ServerMessage::Presence {
+            data: crate::protocol::PresenceData {
+                users: &users,
+                workspace_id: self.workspace.as_deref(),
+                room,
+                truncated,
+            },
+        }
+        .to_text()
     }
 
     /// `join_room`: allowed by the token's `rooms` claim or a public pattern, within the

@@ -3,6 +3,7 @@
 
 mod audiences;
 mod auth;
+mod cluster;
 mod dapr;
 mod delivery;
 mod drain;
