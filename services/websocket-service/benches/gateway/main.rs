@@ -14,11 +14,14 @@
 //!   from the log (`KAFKA_START_FROM=earliest`) with no client connected.
 //! - `resume`, `connect`, `seedkill`: recovery after a disconnect, with cursors and without
 //!   (`recovery.rs` says how each is measured).
+//! - `presence`, `revoke`, `revcheck`: what replicas decide together through the control topic
+//!   (`cluster.rs`).
 //!
 //! Events carry their publish time; latency is publish-to-deliver on the client. The load
 //! generator, the broker and the server share the machine.
 //!
-//! Knobs (environment): BENCH_WORKLOADS (user,rooms,broadcast,skip,resume,connect,seedkill),
+//! Knobs (environment): BENCH_WORKLOADS
+//! (user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck),
 //! BENCH_CONNECTIONS (10000),
 //! BENCH_USERS (100), BENCH_ROOMS (100), BENCH_RATE (user and rooms events/s, 200),
 //! BENCH_BROADCAST_RATE (10), BENCH_SECONDS (10; 0 = connections and memory only),
@@ -26,9 +29,12 @@
 //! server's WORKERS), BENCH_FETCH_WAIT_MS (5), BENCH_CONNECT_CONCURRENCY (128),
 //! BENCH_SERVER_BIN (another server to measure, e.g. the `bare_ws` example that gives the floor
 //! of the HTTP stack), BENCH_RESUME_AWAY_SECS (5), BENCH_CONNECT_SEQUENTIAL (1000),
-//! BENCH_CONNECT_PARALLEL (200), BENCH_SERVER_ENV (settings for every server started:
+//! BENCH_CONNECT_PARALLEL (200), BENCH_PRESENCE_USERS (connections / 10),
+//! BENCH_REVOKE_SESSIONS (1000), BENCH_REVCHECK_CONNECTIONS (5000), BENCH_REVOCATIONS (10000),
+//! BENCH_SERVER_ENV (settings for every server started:
 //! `KEY=value,KEY=value`).
 
+mod cluster;
 mod fanout;
 mod recovery;
 
@@ -522,7 +528,7 @@ async fn main() {
         concurrency: knob("BENCH_CONNECT_CONCURRENCY", 128) as usize,
     };
     let workloads = std::env::var("BENCH_WORKLOADS")
-        .unwrap_or("user,rooms,broadcast,skip,resume,connect,seedkill".into());
+        .unwrap_or("user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "websocket-service benchmark ({cores} cores; load generator, broker and server on this machine)"
@@ -551,6 +557,18 @@ async fn main() {
             }
             "seedkill" => {
                 recovery::seedkill(&cfg).await;
+                None
+            }
+            "presence" => {
+                cluster::presence(&cfg).await;
+                None
+            }
+            "revoke" => {
+                cluster::revoke(&cfg).await;
+                None
+            }
+            "revcheck" => {
+                cluster::revcheck(&cfg).await;
                 None
             }
             other => panic!("unknown workload {other}"),

@@ -126,7 +126,7 @@ fn sum(tracks: &[Track]) -> (u64, u64, u64) {
         .fold((0, 0, 0), |(g, l, d), t| (g + t.got, l + t.lost, d + t.dup))
 }
 
-fn met(ok: bool) -> &'static str {
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {
