@@ -2,8 +2,8 @@
 //! reads (the types are shared through `task-events`, so the two cannot drift apart).
 //!
 //! # Layout
-//! - [`new_event`]: builds a [`TaskEvent`] (to one user's sessions), [`new_generic_event`] and
-//!   [`new_message_event`] a [`GenericEvent`] (to an [`Audience`]: users, rooms, a workspace,
+//! - [`new_event`]: builds a [`TaskEvent`] (to one user's sessions), [`new_generic_event`],
+//!   [`new_state_event`] (a keyed current value) and [`new_message_event`] a [`GenericEvent`] (to an [`Audience`]: users, rooms, a workspace,
 //!   roles, everyone), each with a time-ordered unique id (UUID v7) and `occurred_at`.
 //! - [`Envelope`]: what both kinds share for publishing: the JSON and the record key.
 //! - [`Publisher`]: one interface, two backends: [`KafkaPublisher`] (rdkafka; record key = user id,
@@ -54,6 +54,12 @@
 //! assert_eq!(publisher::Envelope::partition_key(&event), "room:/support:7");
 //! let nobody = publisher::new_generic_event("x", serde_json::json!({}), Default::default());
 //! assert!(nobody.is_err(), "an audience must name someone");
+//!
+//! // State: the dashboard's current figures, published every few seconds, changed or not.
+//! let everyone = publisher::Audience { all: true, ..Default::default() };
+//! let stats = publisher::new_state_event("dashboard.update", "stats", serde_json::json!({"open": 3}), everyone).unwrap();
+//! assert_eq!(stats.key.as_deref(), Some("stats"));
+//! assert_eq!(publisher::Envelope::partition_key(&stats), "state:broadcast:stats");
 //! ```
 
 #![forbid(unsafe_code)]
@@ -156,6 +162,24 @@ pub fn new_generic_event(
     let data =
         serde_json::value::to_raw_value(&data).map_err(|e| PublishError::InvalidEvent(e.to_string()))?;
     generic(Some(event_type), Payload::Data(data), to)
+}
+
+/// A state event: the current value of `key` for the audience `to` (`data: null` removes it).
+/// Publish it as often as the value is computed: the gateway sends it on only when it changed,
+/// keeps only the latest value for slow clients, and gives it to every client that connects or
+/// joins (`snapshot: true`).
+pub fn new_state_event(
+    event_type: &str,
+    key: &str,
+    data: serde_json::Value,
+    to: Audience,
+) -> Result<GenericEvent, PublishError> {
+    if key.is_empty() || key.len() > task_events::MAX_NAME_BYTES {
+        return Err(PublishError::InvalidEvent("key must be 1 to 256 bytes".into()));
+    }
+    let mut event = new_generic_event(event_type, data, to)?;
+    event.key = Some(key.to_string());
+    Ok(event)
 }
 
 /// A generic event whose `message` (an object with a string `type`) the gateway delivers as the

@@ -133,6 +133,10 @@ pub struct GenericEvent {
     pub to: Audience,
     /// When it happened (RFC 3339), set by the producer.
     pub occurred_at: Option<String>,
+    /// A state event: the current value of `key` for this audience, which replaces the one
+    /// before (`data: null` removes it). Clients get only the latest value, and a snapshot of
+    /// every key in their audience when they connect or join.
+    pub key: Option<String>,
 }
 
 /// The wire form, both ways.
@@ -149,6 +153,8 @@ pub(crate) struct Wire {
     pub to: Box<RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Serialize for GenericEvent {
@@ -165,6 +171,7 @@ impl Serialize for GenericEvent {
             message,
             to,
             occurred_at: self.occurred_at.clone(),
+            key: self.key.clone(),
         }
         .serialize(serializer)
     }
@@ -181,6 +188,15 @@ impl GenericEvent {
     /// then one user's (the user id); a broader audience shares its workspace's key
     /// (`workspace:<ws>`) or the broadcast key. Order holds among events with the same key.
     pub fn partition_key(&self) -> String {
+        let base = self.audience_key();
+        match &self.key {
+            // Every value of one key (and audience) in one partition: in order.
+            Some(key) => format!("state:{base}:{key}"),
+            None => base,
+        }
+    }
+
+    fn audience_key(&self) -> String {
         let to = &self.to;
         let ws = to.workspace.as_deref().unwrap_or("");
         let mut rooms = to.all_rooms();
@@ -201,7 +217,17 @@ impl GenericEvent {
         message: Option<Box<RawValue>>,
         to: &RawValue,
         occurred_at: Option<String>,
+        key: Option<String>,
     ) -> Result<Self, DecodeError> {
+        if key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_NAME_BYTES)
+        {
+            return Err(DecodeError::Invalid {
+                field: "key",
+                reason: "must be 1 to 256 bytes",
+            });
+        }
         let to: Audience = serde_json::from_str(to.get()).map_err(|e| DecodeError::Field {
             field: "to",
             reason: e.to_string(),
@@ -247,6 +273,7 @@ impl GenericEvent {
             payload,
             to,
             occurred_at,
+            key,
         })
     }
 }

@@ -208,6 +208,7 @@ impl Event {
             shape.message,
             &to,
             shape.occurred_at,
+            shape.key,
         )
         .map(Event::Generic)
     }
@@ -270,6 +271,7 @@ struct AnyShape {
     to: Option<Box<RawValue>>,
     #[serde(default, deserialize_with = "present")]
     message: Option<Box<RawValue>>,
+    key: Option<String>,
 }
 
 /// A field that is present, even as `null` (which `Option` alone would read as absent).

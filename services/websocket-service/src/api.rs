@@ -34,6 +34,8 @@ use crate::AppState;
 const MAX_BODY_BYTES: usize = 4096;
 /// Longest user id, jti or reason accepted.
 const MAX_FIELD_BYTES: usize = 256;
+/// The longest a revocation is kept, whatever its `exp` says.
+const MAX_REVOCATION_MS: u64 = 365 * 24 * 3600 * 1000;
 /// A close reason must fit a close frame (123 bytes).
 const MAX_REASON_BYTES: usize = 120;
 
@@ -131,8 +133,9 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
     }
     let now_ms = crate::hub::handoff::unix_ms();
     let ttl_ms = state.settings.cluster.revocation_ttl_secs * 1000;
+    // Until the tokens expire anyway: the request's `exp` (within a year), else the TTL.
     let until_ms = r.exp.map_or(now_ms + ttl_ms, |exp| {
-        exp.saturating_mul(1000).min(now_ms + ttl_ms)
+        exp.saturating_mul(1000).min(now_ms + MAX_REVOCATION_MS)
     });
     let (target, revocation) = match (r.user, r.jti, r.issued_before) {
         (Some(user), None, before) => (
@@ -167,12 +170,14 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
             Some(json!({"field": "exp"})),
         );
     }
-    let merged = state.revocations.insert(target.clone(), revocation);
+    // Written first: a refused write applies nothing anywhere, not even here.
+    let merged = state.revocations.merged(&target, revocation);
     let value = serde_json::to_string(&merged).unwrap_or_default();
     let written = match write(&state, &target.key(), Some(&value)).await {
         Ok(written) => written,
         Err(refused) => return refused,
     };
+    let merged = state.revocations.insert(target.clone(), merged);
     let closed = close_revoked(&state.registry, &target, &merged);
     state.stats.revoked_sessions(closed);
     tracing::info!(key = target.key(), closed, "token revocation");

@@ -21,6 +21,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("PORT", "server.port"),
     ("WORKERS", "server.workers"),
     ("LISTEN_BACKLOG", "server.listen_backlog"),
+    ("SOCKET_SEND_BUFFER_BYTES", "server.socket_send_buffer_bytes"),
     ("INTERNAL_HOST", "server.internal_host"),
     ("INTERNAL_PORT", "server.internal_port"),
     ("METRICS_TOKEN", "server.metrics_token"),
@@ -101,6 +102,9 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("CLIENT_MESSAGES_BURST", "cluster.client_messages_burst"),
     ("CONNECT_RATE_PER_SEC", "cluster.connect_rate_per_sec"),
     ("CONNECT_RATE_BURST", "cluster.connect_rate_burst"),
+    ("STATE_TTL_SECS", "state.ttl_secs"),
+    ("STATE_MAX_KEYS", "state.max_keys"),
+    ("STATE_SNAPSHOT_MAX", "state.snapshot_max"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -133,7 +137,22 @@ pub struct Settings {
     pub anonymous: AnonymousSettings,
     pub api: ApiSettings,
     pub cluster: ClusterSettings,
+    pub state: StateSettings,
     pub log: LogSettings,
+}
+
+/// State events (a generic envelope with a `key`): the latest value per key and audience.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSettings {
+    /// A key not updated for this long is forgotten (no longer in snapshots). A replica that
+    /// starts reads at least this much of the log back, so it knows every key still alive.
+    pub ttl_secs: u64,
+    /// Most keys held; beyond, a new key is delivered but not remembered (no snapshot, no
+    /// compare-before-send).
+    pub max_keys: usize,
+    /// Most values in one snapshot (oldest updates first).
+    pub snapshot_max: usize,
 }
 
 /// Presence, revocation and rate limits: what the replicas decide together (through the control
@@ -158,7 +177,8 @@ pub struct ClusterSettings {
     pub revocation_ttl_secs: u64,
     /// Client messages per second per session (0: no limit).
     pub client_messages_per_sec: u32,
-    /// Messages a session may send at once above the rate.
+    /// Messages a session may send at once above the rate (a client that joins its rooms one
+    /// message each right after connecting); also the refusals within 10 s before 4009.
     pub client_messages_burst: u32,
     /// New connections per second per replica, all transports (0: no limit).
     pub connect_rate_per_sec: u32,
@@ -273,6 +293,10 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Accept queue of the public listener (the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// The kernel send buffer of each public connection (0: the kernel's autotuning, which lets
+    /// a client that stopped reading hold megabytes before the gateway notices). What a slow
+    /// client has not read waits in the history instead, where newer state replaces older.
+    pub socket_send_buffer_bytes: u32,
     /// Address of the internal listener (metrics, the server API, the Dapr routes too). Loopback
     /// by default, so that nothing internal is reachable from outside the host unless the
     /// operator says so (Kubernetes: `0.0.0.0` behind a NetworkPolicy).
@@ -433,6 +457,7 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("server.port", DefaultValue::Int(8005)),
     ("server.workers", DefaultValue::Int(0)),
     ("server.listen_backlog", DefaultValue::Int(4096)),
+    ("server.socket_send_buffer_bytes", DefaultValue::Int(0)),
     ("server.internal_host", DefaultValue::Str("127.0.0.1")),
     ("server.internal_port", DefaultValue::Int(9005)),
     ("server.max_connections", DefaultValue::Int(50_000)),
@@ -496,10 +521,13 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("cluster.presence_lease_secs", DefaultValue::Int(15)),
     ("cluster.presence_max_listed", DefaultValue::Int(1000)),
     ("cluster.revocation_ttl_secs", DefaultValue::Int(86_400)),
-    ("cluster.client_messages_per_sec", DefaultValue::Int(20)),
-    ("cluster.client_messages_burst", DefaultValue::Int(40)),
+    ("cluster.client_messages_per_sec", DefaultValue::Int(50)),
+    ("cluster.client_messages_burst", DefaultValue::Int(200)),
     ("cluster.connect_rate_per_sec", DefaultValue::Int(0)),
     ("cluster.connect_rate_burst", DefaultValue::Int(1000)),
+    ("state.ttl_secs", DefaultValue::Int(300)),
+    ("state.max_keys", DefaultValue::Int(100_000)),
+    ("state.snapshot_max", DefaultValue::Int(1000)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -748,6 +776,14 @@ impl Settings {
             1,
             100_000_000,
         )?;
+        if self.server.socket_send_buffer_bytes != 0 {
+            within(
+                "SOCKET_SEND_BUFFER_BYTES",
+                self.server.socket_send_buffer_bytes.into(),
+                4096,
+                64 * 1024 * 1024,
+            )?;
+        }
         let cluster = &self.cluster;
         within("PRESENCE_GRACE_SECS", cluster.presence_grace_secs, 0, 3600)?;
         within("PRESENCE_LEASE_SECS", cluster.presence_lease_secs, 1, 3600)?;
@@ -782,6 +818,9 @@ impl Settings {
             1,
             1_000_000,
         )?;
+        within("STATE_TTL_SECS", self.state.ttl_secs, 1, DAY)?;
+        within("STATE_MAX_KEYS", self.state.max_keys as u64, 0, 10_000_000)?;
+        within("STATE_SNAPSHOT_MAX", self.state.snapshot_max as u64, 0, 100_000)?;
         within("DEDUP_WINDOW_SECS", self.dedup.window_secs, 1, DAY)?;
         within("DEDUP_CAPACITY", self.dedup.capacity as u64, 1, 10_000_000)?;
         if !matches!(self.log.format.as_str(), "text" | "json") {

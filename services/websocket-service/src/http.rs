@@ -75,6 +75,7 @@ pub fn public_server(state: Arc<AppState>, listener: std::net::TcpListener) -> a
     let data = web::Data::from(state.clone());
     let dapr_route = state.settings.dapr.route.clone();
     let origins = state.settings.sse.cors_origins.clone();
+    let send_buffer = server.socket_send_buffer_bytes as usize;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
@@ -89,6 +90,13 @@ pub fn public_server(state: Arc<AppState>, listener: std::net::TcpListener) -> a
             .route("/ready", web::get().to(ready))
             .configure(|cfg| dapr_routes(cfg, &dapr_route))
             .default_service(web::to(dapr::unknown_route))
+    })
+    .on_connect(move |conn, _| {
+        if send_buffer > 0 {
+            if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = socket2::SockRef::from(stream).set_send_buffer_size(send_buffer);
+            }
+        }
     })
     .workers(workers)
     .max_connections(per_worker_cap)
@@ -193,6 +201,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         catchup_sessions: state.handoffs.len(),
         online_users: state.presence.counts().0,
         revocations: state.revocations.len(),
+        state_keys: state.router.state().counts().0,
     };
     let body = state.stats.encode(&now, &state.readiness.report());
     HttpResponse::Ok()

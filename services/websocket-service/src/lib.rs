@@ -135,6 +135,10 @@ impl Gateway {
             stats.clone(),
             dedup,
             history,
+            hub::state::StateStore::new(
+                std::time::Duration::from_secs(settings.state.ttl_secs),
+                settings.state.max_keys,
+            ),
         ));
         let user_rooms = Arc::new(hub::memberships::UserRooms {
             registry: registry.clone(),
@@ -154,11 +158,13 @@ impl Gateway {
         let kafka = if settings.kafka_enabled() {
             Some(kafka::start(
                 &settings.kafka,
-                if settings.history.max_events > 0 {
-                    std::time::Duration::from_secs(settings.history.max_age_secs)
+                // What is read back at start: the history's window, and at least the state TTL
+                // (so every state key still alive is known before the replica is ready).
+                std::time::Duration::from_secs(if settings.history.max_events > 0 {
+                    settings.history.max_age_secs.max(settings.state.ttl_secs)
                 } else {
-                    std::time::Duration::ZERO
-                },
+                    settings.state.ttl_secs
+                }),
                 router.clone(),
                 stats.clone(),
                 readiness.clone(),

@@ -154,11 +154,19 @@ pub struct EventMessage<'a> {
     pub data: &'a RawValue,
     pub id: &'a str,
     pub timestamp: &'a str,
-    pub cursor: &'a str,
+    /// Absent in a snapshot's messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub room: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_id: Option<&'a str>,
+    /// A state event's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<&'a str>,
+    /// A state value sent because the session connected, joined or subscribed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
 }
 
 impl EventMessage<'_> {

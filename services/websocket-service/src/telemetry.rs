@@ -81,6 +81,10 @@ pub struct Metrics {
     pub revoked_sessions: Counter,
     pub disconnected_sessions: Counter,
     pub rate_limited: Family<KindLabels, Counter>,
+    pub state_keys: Gauge,
+    pub state_unchanged: Counter,
+    pub state_conflated: Counter,
+    pub state_snapshot_messages: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +146,10 @@ impl Default for Metrics {
             revoked_sessions: Counter::default(),
             disconnected_sessions: Counter::default(),
             rate_limited: Family::default(),
+            state_keys: Gauge::default(),
+            state_unchanged: Counter::default(),
+            state_conflated: Counter::default(),
+            state_snapshot_messages: Counter::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -288,6 +296,26 @@ impl Default for Metrics {
              closed for it; connect, a connection refused)",
             m.rate_limited.clone(),
         );
+        r.register(
+            "state_keys",
+            "State keys held (the latest value per key and audience)",
+            m.state_keys.clone(),
+        );
+        r.register(
+            "state_unchanged",
+            "State events not delivered: identical to the value held (compare-before-send)",
+            m.state_unchanged.clone(),
+        );
+        r.register(
+            "state_conflated",
+            "State values not written to a session because a newer value of the key came first",
+            m.state_conflated.clone(),
+        );
+        r.register(
+            "state_snapshot_messages",
+            "State values sent as snapshots (at connect, join, subscribe, or a resume that could not recover)",
+            m.state_snapshot_messages.clone(),
+        );
         r.register_with_unit(
             "delivery_latency",
             "From the event's timestamp to its hand-off to the sessions' queues",
@@ -320,6 +348,7 @@ pub struct Snapshot {
     pub catchup_sessions: usize,
     pub online_users: usize,
     pub revocations: usize,
+    pub state_keys: usize,
 }
 
 /// Counters since start, read by tests and the benchmark, and the exported metrics.
@@ -484,6 +513,18 @@ impl Stats {
             .inc();
     }
 
+    pub fn state_unchanged(&self) {
+        self.metrics.state_unchanged.inc();
+    }
+
+    pub fn state_conflated(&self) {
+        self.metrics.state_conflated.inc();
+    }
+
+    pub fn state_snapshot(&self, count: usize) {
+        self.metrics.state_snapshot_messages.inc_by(count as u64);
+    }
+
     pub fn catchup(&self, how: &str) {
         self.metrics.catchups.get_or_create(&reason(how)).inc();
     }
@@ -533,6 +574,7 @@ impl Stats {
         self.metrics.catchup_sessions.set(now.catchup_sessions as i64);
         self.metrics.presence_online_users.set(now.online_users as i64);
         self.metrics.revocations.set(now.revocations as i64);
+        self.metrics.state_keys.set(now.state_keys as i64);
         self.metrics.ready.set(i64::from(health.ready));
         // Parts that recovered read 0, not their last value.
         self.metrics.degraded.clear();

@@ -16,12 +16,13 @@
 //!   (`recovery.rs` says how each is measured).
 //! - `presence`, `revoke`, `revcheck`: what replicas decide together through the control topic
 //!   (`cluster.rs`).
+//! - `state`: state events with slow and fast readers (`state.rs`).
 //!
 //! Events carry their publish time; latency is publish-to-deliver on the client. The load
 //! generator, the broker and the server share the machine.
 //!
 //! Knobs (environment): BENCH_WORKLOADS
-//! (user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck),
+//! (user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state),
 //! BENCH_CONNECTIONS (10000),
 //! BENCH_USERS (100), BENCH_ROOMS (100), BENCH_RATE (user and rooms events/s, 200),
 //! BENCH_BROADCAST_RATE (10), BENCH_SECONDS (10; 0 = connections and memory only),
@@ -31,12 +32,15 @@
 //! of the HTTP stack), BENCH_RESUME_AWAY_SECS (5), BENCH_CONNECT_SEQUENTIAL (1000),
 //! BENCH_CONNECT_PARALLEL (200), BENCH_PRESENCE_USERS (connections / 10),
 //! BENCH_REVOKE_SESSIONS (1000), BENCH_REVCHECK_CONNECTIONS (5000), BENCH_REVOCATIONS (10000),
+//! BENCH_STATE_KEYS (50), BENCH_STATE_RATE (changes per key per second, 100), BENCH_STATE_SLOW
+//! (1000), BENCH_STATE_FAST (10), BENCH_STATE_SLOW_MS (100),
 //! BENCH_SERVER_ENV (settings for every server started:
 //! `KEY=value,KEY=value`).
 
 mod cluster;
 mod fanout;
 mod recovery;
+mod state;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -328,10 +332,11 @@ fn spawn_readers(sockets: Vec<Ws>, seen: Arc<Seen>) {
     }
 }
 
-fn producer(brokers: &str) -> FutureProducer {
+/// A producer that batches for `linger_ms` (thousands of events per second need batches).
+fn producer_lingering(brokers: &str, linger_ms: u64) -> FutureProducer {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
-        .set("linger.ms", "0")
+        .set("linger.ms", linger_ms.to_string())
         .create()
         .unwrap()
 }
@@ -347,7 +352,8 @@ async fn publish_at_rate(
     key: impl Fn(u64) -> String,
     payload: impl Fn(u64, u64) -> String,
 ) -> (u64, u64) {
-    let producer = producer(brokers);
+    // Above a few hundred events per second, batches (1 ms) rather than one request each.
+    let producer = producer_lingering(brokers, if rate > 1000 { 1 } else { 0 });
     let warm = json!({"event_type": "warm", "data": {}, "to": {"user": "nobody"}}).to_string();
     for k in warm_keys {
         producer
@@ -528,7 +534,7 @@ async fn main() {
         concurrency: knob("BENCH_CONNECT_CONCURRENCY", 128) as usize,
     };
     let workloads = std::env::var("BENCH_WORKLOADS")
-        .unwrap_or("user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck".into());
+        .unwrap_or("user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state".into());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "websocket-service benchmark ({cores} cores; load generator, broker and server on this machine)"
@@ -569,6 +575,10 @@ async fn main() {
             }
             "revcheck" => {
                 cluster::revcheck(&cfg).await;
+                None
+            }
+            "state" => {
+                state::state(&cfg).await;
                 None
             }
             other => panic!("unknown workload {other}"),

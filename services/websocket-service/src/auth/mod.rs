@@ -121,10 +121,12 @@ struct Claims {
     sub: String,
     /// Required unless `JWT_REQUIRE_EXP=false`.
     exp: Option<u64>,
+    /// RFC 7519 allows a fractional `iat`; only a number counts.
     #[serde(default)]
-    iat: Option<u64>,
+    iat: Option<serde_json::Value>,
+    /// Only a string `jti` can be named by a revocation.
     #[serde(default)]
-    jti: Option<String>,
+    jti: Option<serde_json::Value>,
     #[serde(flatten)]
     grants: grants::GrantClaims,
 }
@@ -214,9 +216,16 @@ impl Authenticator {
             grants: grants::Grants::from_claims(claims.grants)?,
             jti: claims
                 .jti
+                .as_ref()
+                .and_then(|j| j.as_str())
                 .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_BYTES)
                 .map(Arc::from),
-            issued_at: claims.iat,
+            issued_at: claims
+                .iat
+                .as_ref()
+                .and_then(serde_json::Value::as_f64)
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| t.floor() as u64),
         })
     }
 

@@ -392,15 +392,29 @@ impl Handoffs {
             !list.is_empty()
         });
         *total -= expired.len();
-        replicas.retain(|id, seen| {
-            id == &self.replica
-                || now.saturating_duration_since(seen.at) <= (t.window + t.dead_after() * 2).max(t.keep)
-        });
         if Self::janitor_of(replicas, &self.replica, t, now) {
             expired
         } else {
             Vec::new()
         }
+    }
+
+    /// Forgets the replicas silent for longer than anything still needs their beats (catch-up
+    /// windows, the presence lease); returns them (the janitor tombstones their beats, so the
+    /// compacted topic does not keep a key per crashed process forever).
+    pub fn forget_silent(&self, now: Instant) -> Vec<String> {
+        let t = self.timing;
+        let keep = (t.window + t.dead_after() * 2).max(t.keep);
+        let mut inner = self.inner.lock();
+        let mut gone = Vec::new();
+        inner.replicas.retain(|id, seen| {
+            let keep = id == &self.replica || now.saturating_duration_since(seen.at) <= keep;
+            if !keep {
+                gone.push(id.clone());
+            }
+            keep
+        });
+        gone
     }
 
     /// Whether this replica cleans up after dead ones: the alive replica with the smallest id.

@@ -45,6 +45,9 @@ pub struct Entry {
     pub at: Instant,
     /// Its cursor, once computed.
     cursor: OnceLock<Arc<str>>,
+    /// A state event replaced by a newer value of its key (or removed): a session that has not
+    /// written it yet skips it.
+    superseded: std::sync::atomic::AtomicBool,
 }
 
 impl Entry {
@@ -65,6 +68,25 @@ impl Entry {
             timestamp: timestamp.into(),
             at: Instant::now(),
             cursor: OnceLock::new(),
+            superseded: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A newer value of its state key was routed (or the key was removed).
+    pub fn supersede(&self) {
+        self.superseded.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a newer value of its state key exists: writing this one is pointless.
+    pub fn superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Its state key, for a state event.
+    pub fn state_key(&self) -> Option<&str> {
+        match &self.event {
+            task_events::Event::Generic(g) => g.key.as_deref(),
+            task_events::Event::Task(_) => None,
         }
     }
 

@@ -12,6 +12,8 @@
 //!   reconnects).
 //! - [`presence`]: who is online, cluster-wide, and the transitions to announce.
 //! - [`revocations`]: revoked tokens, cluster-wide.
+//! - [`state`]: state events: the latest value per key and audience, compare-before-send,
+//!   conflation and snapshots.
 
 pub mod cursor;
 pub mod dedup;
@@ -22,3 +24,4 @@ pub mod presence;
 pub mod registry;
 pub mod revocations;
 pub mod router;
+pub mod state;

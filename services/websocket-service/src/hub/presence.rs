@@ -98,6 +98,8 @@ struct Held {
 #[derive(Default)]
 struct Inner {
     local: HashMap<UserKey, Local>,
+    /// Tombstones to write again (the last write failed, or was lost).
+    retomb: HashSet<UserKey>,
     /// Per user, per replica.
     cluster: HashMap<UserKey, HashMap<Arc<str>, Held>>,
     records_written: u64,
@@ -215,6 +217,11 @@ impl Presence {
             writes.push((key_of(&self.replica, key.0.as_deref(), &key.1), None));
             changes.extend(Self::set(&mut inner, key, self.replica.clone(), None, now));
         }
+        for key in std::mem::take(&mut inner.retomb) {
+            if !inner.local.contains_key(&key) {
+                writes.push((key_of(&self.replica, key.0.as_deref(), &key.1), None));
+            }
+        }
         for (key, rooms) in records {
             let held: Box<[Arc<str>]> = rooms.iter().map(|r| Arc::from(r.as_str())).collect();
             writes.push((
@@ -227,8 +234,10 @@ impl Presence {
         (writes, changes)
     }
 
-    /// A record read from the control topic. This replica's own are skipped: it applied them
-    /// when it wrote them, and reading one back late must not undo a later change.
+    /// A record read from the control topic. This replica's own are not applied: it applied
+    /// them when it wrote them, and reading one back late must not undo a later change. But a
+    /// tombstone of its own record while the user is still here (another replica's janitor took
+    /// this one for dead: a partition, a long pause) is answered by writing the record again.
     pub fn apply(
         &self,
         replica: &str,
@@ -236,7 +245,16 @@ impl Presence {
         user: &str,
         record: Option<Record>,
     ) -> Option<Change> {
-        if !self.enabled || replica == &*self.replica {
+        if !self.enabled {
+            return None;
+        }
+        if replica == &*self.replica {
+            if record.is_none() {
+                let mut inner = self.inner.lock();
+                if let Some(local) = inner.local.get_mut(&Self::key(workspace, user)) {
+                    local.dirty |= local.sessions > 0;
+                }
+            }
             return None;
         }
         let held = record.map(|r| {
@@ -353,6 +371,23 @@ impl Presence {
         (users, more)
     }
 
+    /// A write of this replica's record `key` failed: it is written again at the next flush (the
+    /// record, or its tombstone, whichever stands then).
+    pub fn write_failed(&self, key: &str) {
+        let Some((_, workspace, user)) = from_key(key) else {
+            return;
+        };
+        let user_key = Self::key(workspace.as_deref(), &user);
+        let mut inner = self.inner.lock();
+        match inner.local.get_mut(&user_key) {
+            Some(local) if local.sessions > 0 => local.dirty = true,
+            Some(_) => {}
+            None => {
+                inner.retomb.insert(user_key);
+            }
+        }
+    }
+
     /// Users online cluster-wide (per workspace counted apart), and records written so far.
     pub fn counts(&self) -> (usize, u64) {
         let inner = self.inner.lock();
@@ -449,6 +484,26 @@ mod tests {
             online(&p.expire(t0 + GRACE, gone, false).0),
             vec![("drained".into(), false)]
         );
+    }
+
+    #[test]
+    fn lost_writes_and_foreign_tombstones_are_repaired() {
+        let p = presence("a");
+        let t0 = Instant::now();
+        p.opened(None, "u");
+        let (writes, _) = p.flush(t0, 1);
+        // The write failed: written again.
+        p.write_failed(&writes[0].0);
+        assert_eq!(p.flush(t0, 2).0.len(), 1);
+        // Another replica's janitor tombstoned it while the user is still here.
+        assert_eq!(p.apply("a", None, "u", None), None);
+        let (writes, changes) = p.flush(t0, 3);
+        assert!(writes[0].1.is_some() && changes.is_empty());
+        // A lost tombstone is written again.
+        p.closed(None, "u", &[], t0);
+        let (writes, _) = p.flush(t0 + GRACE, 4);
+        p.write_failed(&writes[0].0);
+        assert_eq!(p.flush(t0 + GRACE, 5).0, vec![(key_of("a", None, "u"), None)]);
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl Mailbox {
     /// dropped (the queued ones and this one).
     fn push(&self, msg: ByteString, entry: &Arc<Entry>) -> Result<Pushed, usize> {
         if self.lag.load(Ordering::Acquire) != LIVE {
-            self.wake.notify_one();
+            // No wake: a session catching up never waits for the mailbox (it reads the history
+            // until it is live again, or waits for room in its transport). A wake per event per
+            // lagging session was most of the cost of a fan-out to many slow sessions.
             return Ok(Pushed::Deferred);
         }
         let mut queue = self.queue.lock();
@@ -238,6 +240,8 @@ pub struct Profile {
     /// The session counts in presence (WebSocket and SSE sessions of a signed-in user; a poll
     /// does not).
     pub presence: bool,
+    /// Unix ms of its admission: a disconnect order closes only sessions admitted before it.
+    pub admitted_ms: u64,
 }
 
 impl Profile {
@@ -250,6 +254,7 @@ impl Profile {
             jti: None,
             issued_at: None,
             presence: false,
+            admitted_ms: 0,
         }
     }
 }

@@ -99,9 +99,10 @@ impl Revocations {
         merged
     }
 
-    /// A record read from the control topic: its value replaces what was held (the writer
-    /// merged it), a tombstone removes it.
-    pub fn apply(&self, target: Target, revocation: Option<Revocation>) {
+    /// A record read from the control topic: merged with what is held; a tombstone removes an
+    /// expired one only (a janitor's tombstone must not undo a newer revocation of the same
+    /// target that this replica already holds).
+    pub fn apply(&self, target: Target, revocation: Option<Revocation>, now_ms: u64) {
         let mut inner = self.inner.write();
         match revocation {
             Some(r) => {
@@ -109,9 +110,19 @@ impl Revocations {
                 inner.insert(target, merged);
             }
             None => {
-                inner.remove(&target);
+                if inner.get(&target).is_some_and(|r| r.until_ms <= now_ms) {
+                    inner.remove(&target);
+                }
             }
         }
+    }
+
+    /// What would be in force for `target` with `revocation` added (nothing is changed).
+    pub fn merged(&self, target: &Target, revocation: Revocation) -> Revocation {
+        self.inner
+            .read()
+            .get(target)
+            .map_or(revocation, |old| old.merge(revocation))
     }
 
     /// Whether `token` is revoked at `now_ms`. Cheap when nothing is revoked (the usual case).
@@ -216,5 +227,24 @@ mod tests {
             assert_eq!(Target::from_key(&t.key()), Some(t));
         }
         assert_eq!(Target::from_key(r#"["presence","a",null,"u"]"#), None);
+    }
+
+    #[test]
+    fn a_tombstone_removes_only_what_expired() {
+        let r = Revocations::default();
+        let t = Target::User("u".into());
+        let rev = |until_ms| Revocation {
+            issued_before: Some(10),
+            until_ms,
+        };
+        r.apply(t.clone(), Some(rev(100)), 0);
+        r.apply(t.clone(), None, 50);
+        assert_eq!(
+            r.len(),
+            1,
+            "still in force: the tombstone was for an older record"
+        );
+        r.apply(t, None, 100);
+        assert!(r.is_empty());
     }
 }

@@ -13,6 +13,7 @@ use crate::hub::cursor::{Cursor, CursorError, Frontier, PartitionId};
 use crate::hub::dedup::Dedup;
 use crate::hub::history::{Entry, History, Unrecoverable, CHECKPOINT_EVERY};
 use crate::hub::registry::{Delivery, LimitHit, Profile, Registry, Slot};
+use crate::hub::state::{StateStore, Verdict};
 use crate::ingest::Origin;
 use crate::protocol::{EventMessage, ServerMessage};
 use crate::telemetry::Stats;
@@ -24,6 +25,8 @@ pub enum Routed {
     Delivered(Delivery),
     /// Seen within the de-duplication window: not delivered again.
     Duplicate,
+    /// A state event identical to the value held for its key: not delivered.
+    Unchanged,
 }
 
 /// When the event happened: its `occurred_at`, else the record's timestamp.
@@ -55,18 +58,27 @@ pub struct Router {
     stats: Arc<Stats>,
     dedup: Dedup,
     history: History,
+    /// The latest value of every state key.
+    state: StateStore,
     core: Mutex<Core>,
     /// This process, in cursors: events without a log position resume on it only.
     instance: u64,
 }
 
 impl Router {
-    pub fn new(registry: Arc<Registry>, stats: Arc<Stats>, dedup: Dedup, history: History) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        stats: Arc<Stats>,
+        dedup: Dedup,
+        history: History,
+        state: StateStore,
+    ) -> Self {
         Router {
             registry,
             stats,
             dedup,
             history,
+            state,
             core: Mutex::new(Core {
                 frontier: Frontier::default(),
                 encoded: None,
@@ -83,6 +95,10 @@ impl Router {
 
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    pub fn state(&self) -> &StateStore {
+        &self.state
     }
 
     pub fn instance(&self) -> u64 {
@@ -152,6 +168,17 @@ impl Router {
             }
             return Routed::Duplicate;
         }
+        let verdict = self.state.check(&event);
+        if verdict == Verdict::Unchanged {
+            // Compare-before-send: the value held is the same. Still covered by cursors.
+            self.stats.state_unchanged();
+            if let Some((p, offset)) = pos {
+                let mut core = self.core.lock();
+                core.frontier.advance(p, offset);
+                core.encoded = None;
+            }
+            return Routed::Unchanged;
+        }
         if deliver {
             self.stats.observe_latency(event_time(&event, &origin));
         }
@@ -180,6 +207,9 @@ impl Router {
             .then(|| core.frontier.clone());
         if self.history.enabled() {
             self.history.push(entry.clone(), checkpoint);
+        }
+        if verdict == Verdict::Changed {
+            self.state.hold(&entry);
         }
         if !deliver {
             return Routed::Delivered(Delivery::default());
@@ -318,13 +348,25 @@ fn position(origin: &Origin<'_>) -> Option<(PartitionId, i64)> {
 /// generic event (`{"type":T,"event":T,"data":..,"id","timestamp","cursor"}` plus the room and
 /// the workspace), or a verbatim `message` unchanged.
 pub fn message(entry: &Entry, cursor: &str, room: Option<&str>) -> ByteString {
+    build(entry, Some(cursor), room)
+}
+
+/// The message of a state value sent as part of a snapshot: flagged `snapshot: true`, and
+/// without a cursor (it is not a position: the session's position is where it stands live).
+/// A verbatim `message` is sent unchanged.
+pub fn snapshot_message(entry: &Entry, room: Option<&str>) -> ByteString {
+    build(entry, None, room)
+}
+
+fn build(entry: &Entry, cursor: Option<&str>, room: Option<&str>) -> ByteString {
+    let cursor_or_empty = cursor.unwrap_or_default();
     match &entry.event {
         Event::Task(task) => ServerMessage::TaskUpdate {
             event: &task.event_type,
             task: &task.task,
             id: &entry.id,
             timestamp: &entry.timestamp,
-            cursor,
+            cursor: cursor_or_empty,
         }
         .to_text(),
         Event::Generic(generic) => match &generic.payload {
@@ -338,6 +380,8 @@ pub fn message(entry: &Entry, cursor: &str, room: Option<&str>) -> ByteString {
                 cursor,
                 room,
                 workspace_id: generic.to.workspace.as_deref(),
+                key: generic.key.as_deref(),
+                snapshot: cursor.is_none().then_some(true),
             }
             .to_text(),
         },

@@ -80,7 +80,11 @@ impl Disconnect {
     pub fn apply(&self, registry: &Registry) -> usize {
         registry.kick_where(
             Some(&self.user),
-            |p| self.workspace.is_none() || p.workspace.as_deref() == self.workspace.as_deref(),
+            // Not a session that connected after the order (it may have reconnected already).
+            |p| {
+                p.admitted_ms <= self.at_ms
+                    && (self.workspace.is_none() || p.workspace.as_deref() == self.workspace.as_deref())
+            },
             self.code,
             &self.reason,
         )
@@ -280,6 +284,9 @@ async fn consume(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
+    // A restarted loop reads the topic from its beginning again: what it replays is the past,
+    // not news to announce, and expiry waits until it is caught up.
+    state.announce.store(false, Ordering::Release);
     let mut pause = Duration::from_millis(100);
     // Target offset per partition: caught up once every position reaches it.
     let mut targets: HashMap<i32, i64> = loop {
@@ -395,9 +402,13 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
         }
     } else if let Some(target) = Target::from_key(key) {
         match value.map(serde_json::from_slice::<Revocation>) {
-            None => state.revocations.apply(target, None),
+            None => state
+                .revocations
+                .apply(target, None, crate::hub::handoff::unix_ms()),
             Some(Ok(revocation)) => {
-                state.revocations.apply(target.clone(), Some(revocation));
+                state
+                    .revocations
+                    .apply(target.clone(), Some(revocation), crate::hub::handoff::unix_ms());
                 if revocation.until_ms > crate::hub::handoff::unix_ms() {
                     let closed = close_revoked(&state.registry, &target, &revocation);
                     state.stats.revoked_sessions(closed);
@@ -465,7 +476,7 @@ pub fn announce(state: &Shared, changes: &[Change]) {
     }
 }
 
-/// Presence, revocation and disconnect upkeep, every 200 ms: writes this replica's presence
+/// Presence, revocation and state upkeep, every 200 ms: writes this replica's presence
 /// records (new users, changed rooms, tombstones whose grace passed), drops the records of
 /// replicas that died, and forgets revocations whose tokens have expired (the janitor writes
 /// the tombstones).
@@ -476,25 +487,62 @@ pub async fn cluster(
     shutdown: CancellationToken,
 ) {
     let period = Duration::from_millis(200);
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
+        ticks += 1;
+        if ticks.is_multiple_of(25) {
+            // State keys not updated within STATE_TTL_SECS, every 5 s.
+            shared.router.state().expire();
+            // Replicas long gone: forgotten, and their beats tombstoned by the janitor.
+            if shared.announce.load(Ordering::Acquire) {
+                let now = std::time::Instant::now();
+                let janitor = shared.handoffs.is_janitor(now);
+                for replica in shared.handoffs.forget_silent(now) {
+                    if let (true, Some(control)) = (janitor, &control) {
+                        control.publish(Beat::key_of(&replica), None);
+                    }
+                }
+            }
+        }
         let now = std::time::Instant::now();
         let now_ms = crate::hub::handoff::unix_ms();
         let (writes, changes) = shared.presence.flush(now, now_ms);
-        let janitor = shared.handoffs.is_janitor(now);
-        let (expired, tombstones) =
+        announce(&shared, &changes);
+        // Until the control topic has been read up to where it stood, live replicas' beats may
+        // look old: nothing is judged dead, nothing is tombstoned.
+        let caught_up = shared.announce.load(Ordering::Acquire);
+        let janitor = caught_up && shared.handoffs.is_janitor(now);
+        let (expired, tombstones) = if caught_up {
             shared
                 .presence
-                .expire(now, |replica| shared.handoffs.liveness(replica), janitor);
-        announce(&shared, &changes);
+                .expire(now, |replica| shared.handoffs.liveness(replica), janitor)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         announce(&shared, &expired);
-        let revoked = shared.revocations.expire(now_ms);
+        let revoked = if caught_up {
+            shared.revocations.expire(now_ms)
+        } else {
+            Vec::new()
+        };
         if let Some(control) = &control {
-            for (key, record) in writes.into_iter().chain(tombstones) {
-                control.publish(key, record.and_then(|r| serde_json::to_string(&r).ok()));
+            // This replica's records: a failed write is written again (the current value).
+            for (key, record) in writes {
+                let (control, presence) = (control.clone(), shared.presence.clone());
+                tokio::spawn(async move {
+                    let value = record.and_then(|r| serde_json::to_string(&r).ok());
+                    if let Err(error) = control.write(&key, value.as_deref()).await {
+                        tracing::warn!(%error, key, "presence record not written; retrying");
+                        presence.write_failed(&key);
+                    }
+                });
+            }
+            for (key, _) in tombstones {
+                control.publish(key, None);
             }
             if janitor {
                 for target in revoked {

@@ -233,7 +233,7 @@ fn bulk(state: &AppState, entries: Vec<&RawValue>) -> HttpResponse {
 
 fn route_json(state: &AppState, bytes: &[u8], origin: Origin<'_>) -> &'static str {
     match state.router.route_bytes(bytes, origin) {
-        Ok(Routed::Delivered(_) | Routed::Duplicate) => SUCCESS,
+        Ok(Routed::Delivered(_) | Routed::Duplicate | Routed::Unchanged) => SUCCESS,
         Err(_) => DROP,
     }
 }

@@ -226,6 +226,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         jti: identity.jti.clone(),
         issued_at: identity.issued_at,
         presence: req.counts_in_presence && !anonymous,
+        admitted_ms: crate::hub::handoff::unix_ms(),
     };
     let resume = req
         .cursor()
@@ -286,13 +287,24 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         (Some(Resumed::Replaying(n)), Some(from)) if *n > 0 => Arc::from(from),
         _ => start,
     };
-    let feed = Feed::new(
+    let mut feed = Feed::new(
         slot.mailbox().clone(),
         slot.id(),
         start.clone(),
         // A cursor that cannot be honoured starts live: nothing of it is a floor.
         floor.filter(|_| matches!(resumed, Some(Resumed::Replaying(_)))),
     );
+    // The current state first: for a new session, and for a resume that cannot recover (the
+    // client reloads). A replay brings what changed since its cursor instead.
+    if !matches!(resumed, Some(Resumed::Replaying(_))) {
+        feed.push_snapshot(feed::snapshot_for(
+            &state.router,
+            &state.registry,
+            slot.id(),
+            state.settings.state.snapshot_max,
+            |_| true,
+        ));
+    }
     let room_grants = (!identity.grants.rooms.is_empty()).then(|| identity.grants.rooms.clone());
     Ok(Admitted {
         identity,

@@ -41,6 +41,17 @@ pub struct Feed {
     last_cursor: Arc<str>,
     /// A resume's cursor: entries it covers are not written again.
     floor: Option<Box<Cursor>>,
+    /// State values to write first (a snapshot), and the seqs they hold, so the same value
+    /// queued meanwhile is not written twice. Allocated only while a snapshot is pending.
+    snapshot: Option<Box<Snapshot>>,
+    /// The item last handed out by `next` came from the snapshot (it moves no cursor).
+    from_snapshot: bool,
+}
+
+#[derive(Default)]
+struct Snapshot {
+    pending: VecDeque<Queued>,
+    seqs: std::collections::HashSet<u64>,
 }
 
 impl Feed {
@@ -52,12 +63,36 @@ impl Feed {
             outbox: VecDeque::new(),
             last_cursor: start,
             floor: floor.map(Box::new),
+            snapshot: None,
+            from_snapshot: false,
         }
+    }
+
+    /// Queues a snapshot: these state values are written before anything else, flagged
+    /// `snapshot: true`, without moving the session's cursor.
+    pub fn push_snapshot(&mut self, entries: Vec<(Arc<Entry>, Option<Box<str>>)>) {
+        if entries.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot.get_or_insert_with(Default::default);
+        for (entry, room) in entries {
+            if snapshot.seqs.insert(entry.seq) {
+                let text = crate::hub::router::snapshot_message(&entry, room.as_deref());
+                snapshot.pending.push_back((text, entry));
+            }
+        }
+    }
+
+    /// Whether the item `next` last handed out belongs to a snapshot (no cursor of its own).
+    pub fn last_is_snapshot(&self) -> bool {
+        self.from_snapshot
     }
 
     /// Tells the mailbox the oldest message this session still holds (for the replica's beat).
     fn settle(&self) {
-        let taken = self.head.iter().chain(self.outbox.front()).map(|q| q.1.seq).min();
+        // A snapshot's value is not a position: it does not hold the beat back.
+        let head = self.head.as_ref().filter(|_| !self.from_snapshot);
+        let taken = head.into_iter().chain(self.outbox.front()).map(|q| q.1.seq).min();
         self.mailbox.settle(taken);
     }
 
@@ -79,6 +114,9 @@ impl Feed {
     /// Records that `item` was written.
     pub fn written(&mut self, item: &Queued, router: &Router) {
         self.settle();
+        if self.from_snapshot {
+            return;
+        }
         self.last_cursor = router.history().cursor_of(&item.1, router.instance());
     }
 
@@ -105,12 +143,40 @@ impl Feed {
         if let Some(item) = self.head.take() {
             return Next::Item(item);
         }
+        if let Some(snapshot) = self.snapshot.as_mut() {
+            while let Some(item) = snapshot.pending.pop_front() {
+                if item.1.superseded() {
+                    // A newer value came: it is in the queue (the session was in its audience).
+                    router.stats().state_conflated();
+                    continue;
+                }
+                self.from_snapshot = true;
+                router.stats().state_snapshot(1);
+                return Next::Item(item);
+            }
+        }
+        self.from_snapshot = false;
         loop {
             if let Some(item) = self.mailbox.pop().or_else(|| self.outbox.pop_front()) {
                 if self.covered(&item.1, router) {
                     continue;
                 }
+                if item.1.superseded() {
+                    // Conflation: a newer value of this state key is behind it.
+                    router.stats().state_conflated();
+                    continue;
+                }
+                if let Some(snapshot) = &self.snapshot {
+                    // Queued while the snapshot was taken: the snapshot wrote it already.
+                    if snapshot.seqs.contains(&item.1.seq) {
+                        continue;
+                    }
+                }
                 return Next::Item(item);
+            }
+            if self.snapshot.as_ref().is_some_and(|s| s.pending.is_empty()) {
+                // Everything queued before the snapshot was taken has been looked at.
+                self.snapshot = None;
             }
             let Some(seq) = self.mailbox.lag() else {
                 self.settle();
@@ -126,7 +192,8 @@ impl Feed {
                 let instance = router.instance();
                 let mut entries = entries.inspect(|e| next_seq = e.seq + 1);
                 registry.offer_each(self.id, &mut entries, |entry, room| {
-                    if !floor.is_some_and(|floor| covered(floor, entry, instance)) {
+                    // A superseded state value is not even built: a newer one is ahead.
+                    if !floor.is_some_and(|floor| covered(floor, entry, instance)) && !entry.superseded() {
                         picked.push((entry.clone(), room.map(Box::from)));
                     }
                 });
@@ -169,7 +236,7 @@ pub fn count_replay(router: &Router, registry: &Registry, id: SessionId, seq: u6
     let instance = router.instance();
     router.history().visit(seq, usize::MAX, |entries| {
         registry.offer_each(id, entries, |entry, _| {
-            if !covered(floor, entry, instance) {
+            if !covered(floor, entry, instance) && !entry.superseded() {
                 count += 1;
             }
         });
@@ -185,4 +252,24 @@ fn covered(floor: &Cursor, entry: &Entry, instance: u64) -> bool {
             .local
             .is_some_and(|(i, upto)| i == instance && entry.local_upto <= upto),
     }
+}
+
+/// The latest state values in session `id`'s audience that `also` accepts (at most `max`), each
+/// with the room it reaches the session through: what a snapshot writes.
+pub fn snapshot_for(
+    router: &Router,
+    registry: &Registry,
+    id: SessionId,
+    max: usize,
+    also: impl Fn(&Entry) -> bool,
+) -> Vec<(Arc<Entry>, Option<Box<str>>)> {
+    if max == 0 {
+        return Vec::new();
+    }
+    router
+        .state()
+        .snapshot(max, |e| also(e) && registry.offer_one(id, e).is_some())
+        .into_iter()
+        .filter_map(|e| registry.offer_one(id, &e).map(|room| (e, room)))
+        .collect()
 }

@@ -118,9 +118,11 @@ struct SseSession {
 /// line of the JSON, which a verbatim message may span).
 fn frame(cursor: &str, kind: Option<&str>, json: &str) -> Bytes {
     let mut out = String::with_capacity(json.len() + cursor.len() + 32);
-    out.push_str("id: ");
-    out.push_str(cursor);
-    out.push('\n');
+    if !cursor.is_empty() {
+        out.push_str("id: ");
+        out.push_str(cursor);
+        out.push('\n');
+    }
     if let Some(kind) = kind {
         out.push_str("event: ");
         out.push_str(kind);
@@ -211,8 +213,14 @@ impl SseSession {
                     Some(bytes) => bytes,
                     None => match self.admitted.feed.next(&router, &registry) {
                         Next::Item(item) => {
+                            // A snapshot's value carries no `id:` (the stream's position stays).
+                            let snapshot = self.admitted.feed.last_is_snapshot();
                             self.admitted.feed.written(&item, &router);
-                            let cursor = router.history().cursor_of(&item.1, router.instance());
+                            let cursor = if snapshot {
+                                Arc::from("")
+                            } else {
+                                router.history().cursor_of(&item.1, router.instance())
+                            };
                             let kind = if self.named { kind_of(&item.0) } else { None };
                             frame(&cursor, kind.as_deref(), &item.0)
                         }

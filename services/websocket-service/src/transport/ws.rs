@@ -143,6 +143,7 @@ pub async fn ws_route(
             governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
         }),
         refused: 0,
+        refused_since: None,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
@@ -265,9 +266,14 @@ struct Connection {
     recorded: Option<(u8, bool)>,
     /// `CLIENT_MESSAGES_PER_SEC`, when set.
     limiter: Option<governor::DefaultDirectRateLimiter>,
-    /// Messages refused in a row by the limiter.
-    refused: u16,
+    /// Messages refused by the limiter since `refused_since` (a window of `REFUSAL_WINDOW`).
+    refused: u32,
+    refused_since: Option<Instant>,
 }
+
+/// A session refused more than `CLIENT_MESSAGES_BURST` messages within this window is closed
+/// (4009): it is not slowing down.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// Why the loop ended.
 enum End {
@@ -578,9 +584,18 @@ impl Connection {
                     if limiter.check().is_err() {
                         let stats = &self.state.stats;
                         stats.rate_limited("message");
-                        self.refused = self.refused.saturating_add(1);
-                        // Told once per message refused, up to a burst's worth: then closed.
-                        if u32::from(self.refused) > self.state.settings.cluster.client_messages_burst {
+                        let now = Instant::now();
+                        if self
+                            .refused_since
+                            .is_none_or(|since| now.duration_since(since) > REFUSAL_WINDOW)
+                        {
+                            self.refused_since = Some(now);
+                            self.refused = 0;
+                        }
+                        self.refused += 1;
+                        // Told once per message refused; more than a burst's worth of refusals
+                        // within the window: closed.
+                        if self.refused > self.state.settings.cluster.client_messages_burst {
                             stats.rate_limited("message_close");
                             return Some(End::Close(
                                 close::RATE_LIMITED,
@@ -593,7 +608,6 @@ impl Connection {
                         );
                         return self.write(reply).await.err();
                     }
-                    self.refused = 0;
                 }
                 let reply = self.reply_to(&text);
                 self.write(reply).await.err()
@@ -748,6 +762,15 @@ impl Connection {
             Ok(()) => {
                 self.user_scoped(room, true);
                 self.choices_changed();
+                // The room's current state, after the answer.
+                let snapshot = crate::transport::feed::snapshot_for(
+                    &self.state.router,
+                    &registry,
+                    self.slot.slot.id(),
+                    self.state.settings.state.snapshot_max,
+                    |e| state_for_room(e, room),
+                );
+                self.feed.push_snapshot(snapshot);
                 ServerMessage::JoinedRoom {
                     data: RoomData { room },
                 }
@@ -809,9 +832,21 @@ impl Connection {
         };
         let max = self.state.settings.server.max_event_filters;
         let registry = self.slot.slot.registry().clone();
+        let before = registry.choices_of(self.slot.slot.id()).1;
         match registry.change_filter(self.slot.slot.id(), change, max) {
             Ok(event_types) => {
                 self.choices_changed();
+                // The state of the types it did not take before and takes now.
+                let wants = |types: &[String], t: &str| types.is_empty() || types.iter().any(|x| x == t);
+                let after: Vec<String> = event_types.iter().map(|t| t.to_string()).collect();
+                let snapshot = crate::transport::feed::snapshot_for(
+                    &self.state.router,
+                    &registry,
+                    self.slot.slot.id(),
+                    self.state.settings.state.snapshot_max,
+                    |e| !wants(&before, e.event_type()) && wants(&after, e.event_type()),
+                );
+                self.feed.push_snapshot(snapshot);
                 let data = FilterData {
                     event_types: &event_types,
                 };
@@ -881,4 +916,12 @@ pub(crate) fn expiry_instant(exp: u64) -> Instant {
         .as_secs();
     let left = Duration::from_secs(exp.saturating_sub(now_unix).min(10 * 365 * 24 * 3600));
     Instant::now() + left
+}
+
+/// Whether state entry `e` is addressed to `room`.
+fn state_for_room(e: &crate::hub::history::Entry, room: &str) -> bool {
+    match &e.event {
+        task_events::Event::Generic(g) => g.to.all_rooms().any(|r| r == room),
+        task_events::Event::Task(_) => false,
+    }
 }

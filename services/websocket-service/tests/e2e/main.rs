@@ -13,3 +13,4 @@ mod protocol;
 mod resume;
 mod seeds;
 mod spine;
+mod state;
