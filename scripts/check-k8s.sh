@@ -18,7 +18,8 @@
 #   /events/poll on the Service's public port only, with ingress-nginx stream
 #   settings (buffering off, timeouts >= 3600 s), and exposes nothing under
 #   /api, /metrics or the Dapr routes;
-# - deploy/grafana/websocket-service.json is valid and queries every metric.
+# - deploy/grafana/websocket-service.json is valid and queries every metric
+#   registered in services/websocket-service/src/telemetry.rs.
 #
 # Tools go into .tools/venv (shared with scripts/install-tansu.sh), pinned:
 # kubernetes-validate (schemas inside the wheel, no download at run time),

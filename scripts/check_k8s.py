@@ -13,7 +13,8 @@
   off, read/send timeouts >= 3600 s), and exposes nothing under /api, /metrics or the Dapr routes;
 - the output of `kustomize build k8s/` (when given) validates too and is namespaced, labelled
   and tagged;
-- the Grafana dashboard is valid JSON and queries every gateway metric.
+- the Grafana dashboard is valid JSON and queries every metric the gateway registers (read
+  from services/websocket-service/src/telemetry.rs, so a new metric needs a panel).
 
 Prints one line per checked file (and per cross-check), exits 1 on any failure.
 """
@@ -41,15 +42,10 @@ SENSITIVE_NAME = re.compile(r"password|secret|token", re.IGNORECASE)
 # Kinds that are cluster-scoped, so kustomize gives them no namespace.
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
                   "StorageClass", "CustomResourceDefinition", "PersistentVolume"}
-DASHBOARD_METRICS = [
-    "gateway_connections", "gateway_connected_users", "gateway_sessions_closed_total",
-    "gateway_messages_delivered_total", "gateway_messages_dropped_total",
-    "gateway_slow_client_disconnects_total", "gateway_kafka_records_consumed_total",
-    "gateway_kafka_records_malformed_total", "gateway_kafka_consumer_lag",
-    "gateway_dapr_deliveries_total", "gateway_auth_failures_total",
-    "gateway_delivery_latency_seconds_bucket", "gateway_ready", "gateway_degraded",
-    "gateway_task_restarts_total", "gateway_api_publish_events_total",
-]
+# The gateway's metrics are read from this file (every `.register(` / `.register_with_unit(` of
+# the `Metrics` registry); fewer than this many found means the parser no longer understands it.
+TELEMETRY_RS = "services/websocket-service/src/telemetry.rs"
+MIN_GATEWAY_METRICS = 20
 
 # The Ingress (k8s/ingress.yaml, or any Ingress under k8s/).
 # Routes of the public listener an Ingress must serve (WebSocket, SSE, long polling), and the
@@ -691,8 +687,156 @@ def check_rendered(r: Report, checker: Checker, path: Path, kustomization: dict)
              "image tagged, no Secret")
 
 
-def check_dashboard(r: Report, path: Path) -> None:
+# ---------------------------------------------------------------------------------------------
+# the gateway's metrics, from telemetry.rs
+
+class MetricsSourceError(Exception):
+    pass
+
+
+# String literals (kept), char literals (kept), comments (blanked), so that a `register(` or a
+# quote inside a comment, or a comma or parenthesis inside a help text, confuses nothing.
+RUST_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|' r"'(?:[^'\\\n]|\\.)'|" r"//[^\n]*|/\*.*?\*/",
+                        re.DOTALL)
+# prometheus_client::registry::Unit -> the suffix the encoder appends to the name.
+PROM_UNITS = {"Amperes": "amperes", "Bytes": "bytes", "Celsius": "celsius", "Grams": "grams",
+              "Joules": "joules", "Meters": "meters", "Ratios": "ratios", "Seconds": "seconds",
+              "Volts": "volts"}
+
+
+def strip_rust_comments(src: str) -> str:
+    return RUST_TOKEN.sub(lambda m: m.group(0) if m.group(0)[0] in "\"'" else " ", src)
+
+
+RUST_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+CLOSING = {")": "(", "]": "[", "}": "{", ">": "<"}
+
+
+def split_top_level(src: str, start: int, angle: bool) -> tuple[list[str], int]:
+    """Split src from start at commas outside brackets and strings, up to the bracket that
+    closes one opened before start (or the end of src); returns the parts and where it stopped.
+    `angle`: every `<` opens a bracket (types); otherwise only a turbofish `::<` does."""
+    parts, current, stack, i = [], [], [], start
+    while i < len(src):
+        c = src[i]
+        if c == '"':
+            m = RUST_STRING.match(src, i)
+            if not m:
+                raise MetricsSourceError(f"unterminated string at offset {i}")
+            current.append(m.group(0))
+            i = m.end()
+            continue
+        if c in "([{" or (c == "<" and (angle or src.endswith("::", 0, i))):
+            stack.append(c)
+        elif c == ">" and (src[i - 1] == "-" or (stack[-1:] != ["<"] and not (angle and not stack))):
+            pass  # `->`, or a comparison
+        elif c in CLOSING:
+            if not stack:
+                break
+            if stack.pop() != CLOSING[c]:
+                raise MetricsSourceError(f"mismatched {c!r} at offset {i}")
+        elif c == "," and not stack:
+            parts.append("".join(current).strip())
+            current = []
+            i += 1
+            continue
+        current.append(c)
+        i += 1
+    parts.append("".join(current).strip())
+    return [x for x in parts if x], i  # a trailing comma leaves an empty part
+
+
+def call_args(src: str, open_paren: int) -> list[str]:
+    """The arguments of the call whose '(' is at open_paren."""
+    args, end = split_top_level(src, open_paren + 1, angle=False)
+    if end >= len(src) or src[end] != ")":
+        raise MetricsSourceError(f"unbalanced parentheses in the call at offset {open_paren}")
+    return args
+
+
+def metric_kind(rust_type: str) -> str:
+    """counter, gauge or histogram, from a field type such as `Family<ReasonLabels, Counter>`."""
+    t = re.sub(r"\s+", "", rust_type)
+    base = lambda ty: re.sub(r"^(?:[A-Za-z_]\w*::)*", "", ty).split("<", 1)[0]
+    if base(t) == "Family":
+        generics, _ = split_top_level(t, t.index("<") + 1, angle=True)
+        if len(generics) < 2:
+            raise MetricsSourceError(f"cannot read the metric type of {rust_type!r}")
+        t = generics[1]  # Family<LabelSet, Metric, Constructor = ...>
+    kinds = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
+    if base(t) not in kinds:
+        raise MetricsSourceError(f"unknown metric type {rust_type!r} (Counter, Gauge, Histogram "
+                                 "or a Family of one expected)")
+    return kinds[base(t)]
+
+
+def gateway_metrics(path: Path) -> list[str]:
+    """The series a dashboard must query for each metric registered in telemetry.rs:
+    `<prefix>_<name>_total` for a counter, `<prefix>_<name>[_<unit>]_bucket` for a histogram,
+    `<prefix>_<name>[_<unit>]` for a gauge (prometheus-client's naming)."""
+    try:
+        src = strip_rust_comments(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise MetricsSourceError(f"cannot read: {e}") from e
+    prefixes = re.findall(r'Registry::with_prefix\(\s*"([^"]*)"\s*\)', src)
+    if len(prefixes) != 1:
+        raise MetricsSourceError(f"expected one Registry::with_prefix(\"...\"), found "
+                                 f"{len(prefixes)}")
+    if re.search(r"\bsub_registry", src):
+        raise MetricsSourceError("uses a sub-registry (a second prefix), which this check does "
+                                 "not understand; extend gateway_metrics()")
+    struct = re.search(r"pub\s+struct\s+Metrics\s*\{(.*?)\n\}", src, re.DOTALL)
+    if not struct:
+        raise MetricsSourceError("no `pub struct Metrics { ... }`")
+    body = re.sub(r"#\[[^\]]*\]", " ", struct.group(1))  # attributes
+    fields = {}
+    for part in split_top_level(body, 0, angle=True)[0]:
+        field = re.fullmatch(r"(?:pub(?:\([^)]*\))?\s+)?([a-z_]\w*)\s*:\s*(.+)", part, re.DOTALL)
+        if not field:
+            raise MetricsSourceError(f"cannot read the Metrics field {part[:60]!r}")
+        fields[field.group(1)] = field.group(2).strip()
+    metrics: list[str] = []
+    for call in re.finditer(r"\.(register|register_with_unit)\s*\(", src):
+        args = call_args(src, call.end() - 1)
+        where = f"line {src.count(chr(10), 0, call.start()) + 1}, {call.group(1)}("
+        want = 4 if call.group(1) == "register_with_unit" else 3
+        if len(args) != want:
+            raise MetricsSourceError(f"{where}: {len(args)} arguments, expected {want}")
+        name = re.fullmatch(r'"([a-z_:][a-z0-9_:]*)"', args[0])
+        if not name:
+            raise MetricsSourceError(f"{where}: the name {args[0][:40]!r} is not a string "
+                                     "literal metric name")
+        field = re.fullmatch(r"&?(?:[a-z_]\w*\.)+?([a-z_]\w*)(?:\.clone\(\))?",
+                             re.sub(r"\s+", "", args[-1]))
+        if not field or field.group(1) not in fields:
+            raise MetricsSourceError(f"{where}: cannot tell which Metrics field {args[-1]!r} "
+                                     "is")
+        kind = metric_kind(fields[field.group(1)])
+        full = f"{prefixes[0]}_{name.group(1)}" if prefixes[0] else name.group(1)
+        if want == 4:
+            unit = re.fullmatch(r"(?:[A-Za-z_][A-Za-z0-9_]*::)*Unit::([A-Za-z]+)",
+                                re.sub(r"\s+", "", args[2]))
+            if not unit or unit.group(1) not in PROM_UNITS:
+                raise MetricsSourceError(f"{where}: unknown unit {args[2]!r}")
+            full += f"_{PROM_UNITS[unit.group(1)]}"
+        metrics.append(full + {"counter": "_total", "histogram": "_bucket", "gauge": ""}[kind])
+    dupes = sorted({m for m in metrics if metrics.count(m) > 1})
+    if dupes:
+        raise MetricsSourceError(f"registered twice: {', '.join(dupes)}")
+    if len(metrics) < MIN_GATEWAY_METRICS:
+        raise MetricsSourceError(f"found only {len(metrics)} registered metric(s), expected at "
+                                 f"least {MIN_GATEWAY_METRICS}: the parser no longer understands "
+                                 "the file")
+    return metrics
+
+
+def check_dashboard(r: Report, path: Path, telemetry: Path) -> None:
     what = r.rel(path)
+    try:
+        metrics = gateway_metrics(telemetry)
+    except MetricsSourceError as e:
+        r.fail(what, [f"cannot list the gateway's metrics from {r.rel(telemetry)}: {e}"])
+        return
     try:
         dash = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -724,10 +868,12 @@ def check_dashboard(r: Report, path: Path) -> None:
             problems.append(f"panel {p.get('title')!r} has no query")
         exprs += [t.get("expr", "") for t in p.get("targets") or []]
     text = "\n".join(exprs)
-    missing = [m for m in DASHBOARD_METRICS if not re.search(rf"\b{m}\b", text)]
+    missing = [m for m in metrics if not re.search(rf"\b{re.escape(m)}\b", text)]
     if missing:
-        problems.append(f"no panel queries {', '.join(missing)}")
-    r.result(what, problems, f"{len(panels)} panels, every gateway metric queried")
+        problems.append(f"no panel queries {', '.join(missing)} (registered in "
+                        f"{r.rel(telemetry)})")
+    r.result(what, problems, f"{len(panels)} panels; all {len(metrics)} metrics registered in "
+             f"{r.rel(telemetry)} queried")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -748,6 +894,8 @@ def main() -> int:
     ap.add_argument("--dapr-dir", type=Path, help="default: ROOT/dapr-components")
     ap.add_argument("--dashboard", type=Path,
                     help="default: ROOT/deploy/grafana/websocket-service.json")
+    ap.add_argument("--telemetry", type=Path,
+                    help=f"where the gateway registers its metrics; default: ROOT/{TELEMETRY_RS}")
     ap.add_argument("--kubernetes-version", default="1.30")
     ap.add_argument("--rendered", type=Path, help="output of `kustomize build k8s/`")
     ap.add_argument("--kustomize-error", type=Path,
@@ -758,6 +906,7 @@ def main() -> int:
     k8s = (args.k8s_dir or root / "k8s").resolve()
     dapr_dir = (args.dapr_dir or root / "dapr-components").resolve()
     dashboard = (args.dashboard or root / "deploy/grafana/websocket-service.json").resolve()
+    telemetry = (args.telemetry or root / TELEMETRY_RS).resolve()
     r = Report(root)
     checker = Checker(r, KubeValidator(args.kubernetes_version),
                       DaprValidator(root / "scripts" / "dapr-schemas"))
@@ -821,7 +970,7 @@ def main() -> int:
                 kustomization)
 
     # 5. The dashboard.
-    check_dashboard(r, dashboard)
+    check_dashboard(r, dashboard, telemetry)
 
     print(f"check-k8s: {r.checked - r.failures} passed, {r.failures} failed")
     return 1 if r.failures else 0
