@@ -74,9 +74,10 @@ impl Mailbox {
     /// dropped (the queued ones and this one).
     fn push(&self, msg: ByteString, entry: &Arc<Entry>) -> Result<Pushed, usize> {
         if self.lag.load(Ordering::Acquire) != LIVE {
-            // No wake: a session catching up never waits for the mailbox (it reads the history
-            // until it is live again, or waits for room in its transport). A wake per event per
-            // lagging session was most of the cost of a fan-out to many slow sessions.
+            // No wake: a session catching up never waits for its mailbox. It reads the history
+            // until it is live again (going live is decided under the routing lock, so nothing
+            // routed meanwhile is missed), or it waits for room in its transport. A wake per
+            // event per lagging session was most of the cost of a fan-out to many slow ones.
             return Ok(Pushed::Deferred);
         }
         let mut queue = self.queue.lock();

@@ -34,6 +34,9 @@ async fn events_are_not_stuck_behind_client_messages() {
             while !stop.load(Ordering::Relaxed) {
                 sink.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
                 pings.fetch_add(1, Ordering::Relaxed);
+                // The gateway under test runs on this test's runtime (2 threads): a loop that
+                // never yields would starve its Kafka consumer, which a real client cannot do.
+                tokio::task::yield_now().await;
             }
             sink
         })
@@ -42,7 +45,15 @@ async fn events_are_not_stuck_behind_client_messages() {
     let reader = tokio::spawn(async move {
         let mut seen = Vec::new();
         let mut pongs = 0u64;
+        // Pongs keep coming whatever happens to the events: a deadline for the whole, so a stuck
+        // event fails the test instead of hanging it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while seen.len() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stuck: {} of {n} events arrived within 60 s ({pongs} pongs)",
+                seen.len()
+            );
             let msg = tokio::time::timeout(WAIT, stream.next())
                 .await
                 .unwrap_or_else(|_| panic!("stuck: {} of {n} events arrived", seen.len()))
