@@ -79,6 +79,8 @@ pub struct TestGateway {
     /// The internal listener: `/metrics` and the server API.
     pub internal: SocketAddr,
     pub stats: Arc<Stats>,
+    /// Its router: how many events it has routed (what the tests wait on, not a sleep).
+    router: Arc<websocket_service::hub::router::Router>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -94,12 +96,14 @@ impl TestGateway {
         let internal = listeners.internal.local_addr().unwrap();
         let gateway = Gateway::new(settings).expect("gateway");
         let stats = gateway.stats();
+        let router = gateway.router();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway.run(listeners, shutdown.clone()));
         TestGateway {
             addr,
             internal,
             stats,
+            router,
             shutdown,
             task: Some(task),
         }
@@ -144,6 +148,24 @@ impl TestGateway {
             }
             assert!(Instant::now() < deadline, "gateway not ready in time: {body}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Events routed so far (every event read or published here, in the history's numbering).
+    pub fn routed(&self) -> u64 {
+        self.router.history().next_seq()
+    }
+
+    /// Waits until this replica has routed `n` events in all (it has read what was published).
+    pub async fn wait_routed(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.routed() < n {
+            assert!(
+                Instant::now() < deadline,
+                "routed {} of {n} events",
+                self.routed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -9,16 +9,25 @@ use serde_json::{json, Value};
 use crate::audiences::API_KEY;
 use crate::harness::*;
 
-fn env_on(topic: &str) -> Vec<(String, String)> {
+pub(crate) fn env_on(topic: &str) -> Vec<(String, String)> {
     let mut env = env_for(Some(&brokers()), Some(topic));
     set(&mut env, "SERVER_API_KEY", API_KEY);
     set(&mut env, "ROOMS_PUBLIC", "lobby");
     env
 }
 
-async fn publish(gw: &TestGateway, events: Value) {
+pub(crate) async fn publish(gw: &TestGateway, events: Value) {
     let (status, body) = gw.publish(API_KEY, &events).await;
     assert_eq!(status, 202, "{body}");
+}
+
+/// Publishes through `via` and waits until `reader` has routed every one of the events (so a
+/// resume there replays them from its history): a condition, not a sleep.
+pub(crate) async fn publish_read_by(reader: &TestGateway, via: &TestGateway, events: Value) {
+    let before = reader.routed();
+    let count = events.as_array().map_or(1, Vec::len) as u64;
+    publish(via, events).await;
+    reader.wait_routed(before + count).await;
 }
 
 fn ev(kind: &str, n: i64, to: Value) -> Value {
@@ -96,9 +105,7 @@ async fn a_resume_on_another_replica_gets_exactly_what_was_missed() {
     let (_, cursor) = read_until(&mut first, 101).await;
     drop(first);
 
-    publish(&a, missed()).await;
-    // Give B time to read them, so the replay comes from its history.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    publish_read_by(&b, &a, missed()).await;
     let mut again = connect_since(&b, &cursor).await;
     assert_eq!(again.hello["recovered"], true, "{}", again.hello);
     assert_eq!(again.hello["replayed"], 7, "{}", again.hello);
@@ -155,14 +162,14 @@ async fn an_idle_client_resumes_exactly() {
     let topic = create_topic(&brokers(), 1).await;
     let gw = TestGateway::start(env_on(&topic)).await;
     gw.wait_ready().await;
-    publish(&gw, json!([ev("old", 1, json!({"user": "res"}))])).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_read_by(&gw, &gw, json!([ev("old", 1, json!({"user": "res"}))])).await;
     let mut idle = connect_since(&gw, "").await;
     let pong = idle.ask(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong");
     let cursor = pong["cursor"].as_str().unwrap().to_string();
     drop(idle);
-    publish(
+    publish_read_by(
+        &gw,
         &gw,
         json!([
             ev("new", 2, json!({"user": "res"})),
@@ -170,7 +177,6 @@ async fn an_idle_client_resumes_exactly() {
         ]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut back = connect_since(&gw, &cursor).await;
     assert_eq!(back.hello["replayed"], 2, "{}", back.hello);
     let (got, _) = read_until(&mut back, 3).await;
@@ -193,8 +199,7 @@ async fn cursors_that_cannot_be_honoured_are_told_so() {
     let (_, cursor) = read_until(&mut first, 0).await;
     drop(first);
     let many: Vec<Value> = (1..=20).map(|n| ev("lost", n, json!({"user": "res"}))).collect();
-    publish(&gw, json!(many)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish_read_by(&gw, &gw, json!(many)).await;
     let mut old = connect_since(&gw, &cursor).await;
     assert_eq!(
         (old.hello["recovered"].as_bool(), old.hello["reason"].as_str()),
@@ -281,7 +286,8 @@ async fn sse_resumes_with_last_event_id() {
     let last_id = event.id.clone();
     drop(stream);
 
-    publish(
+    publish_read_by(
+        &b,
         &a,
         json!([
             ev("two", 2, json!({"user": "res"})),
@@ -289,7 +295,6 @@ async fn sse_resumes_with_last_event_id() {
         ]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut stream = Box::pin(sse(&url(&b, "&named=1"), Some(&last_id)).await);
     let (event, hello) = next_sse(&mut stream).await;
     assert_eq!(event.event, "connected");
@@ -334,7 +339,8 @@ async fn polling_resumes_the_same_way() {
     assert_eq!(start["recovered"], true);
     let c0 = start["cursor"].as_str().unwrap().to_string();
     let before = now_secs() as f64 - 0.5;
-    publish(
+    publish_read_by(
+        &b,
         &a,
         json!([
             ev("p", 1, json!({"user": "res"})),
@@ -342,7 +348,6 @@ async fn polling_resumes_the_same_way() {
         ]),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let got = poll(&b, &format!("&since={c0}")).await;
     let ns: Vec<i64> = got["events"].as_array().unwrap().iter().map(n_of).collect();
     assert_eq!(ns, vec![1, 2]);
@@ -357,7 +362,8 @@ async fn polling_resumes_the_same_way() {
             reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The poll is waiting (it counts as a session while it does).
+    a.wait_connections(1).await;
     publish(&b, json!([ev("p", 3, json!({"user": "res"}))])).await;
     let got = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
     let ns: Vec<i64> = got["events"].as_array().unwrap().iter().map(n_of).collect();
@@ -398,7 +404,8 @@ async fn polling_resumes_the_same_way() {
             reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The poll is waiting (it counts as a session while it does).
+    a.wait_connections(1).await;
     let started = std::time::Instant::now();
     a.stop().await;
     let answer = tokio::time::timeout(Duration::from_secs(5), waiting).await;

@@ -1,24 +1,10 @@
 //! State events (issue 11): compare-before-send, snapshots first, conflation for slow readers,
 //! and every replica (also one started later) serving the same snapshot.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
-use crate::audiences::API_KEY;
 use crate::harness::*;
-
-fn env_on(topic: &str) -> Vec<(String, String)> {
-    let mut env = env_for(Some(&brokers()), Some(topic));
-    set(&mut env, "SERVER_API_KEY", API_KEY);
-    set(&mut env, "ROOMS_PUBLIC", "lobby");
-    env
-}
-
-async fn publish(gw: &TestGateway, events: Value) {
-    let (status, body) = gw.publish(API_KEY, &events).await;
-    assert_eq!(status, 202, "{body}");
-}
+use crate::resume::{env_on, publish};
 
 fn state(key: &str, data: Value, to: Value) -> Value {
     json!({"event_type": "dashboard.update", "key": key, "data": data, "to": to})
@@ -96,7 +82,8 @@ async fn state_is_compared_snapshotted_and_the_same_on_every_replica() {
     let seen = until_marker(&mut watcher, 2).await;
     assert_eq!(seen.len(), 1, "the room's state is not for it: {seen:?}");
     assert_eq!(seen[0]["data"], json!({"a": 2}));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A has read what B has (both read the topic from its start).
+    a.wait_routed(b.routed()).await;
     // A new session: the snapshot first (the latest stats only), flagged, without a cursor.
     let mut fresh = connect(&a.url(&token("fresh"))).await;
     let snap = fresh.recv().await;
@@ -148,7 +135,7 @@ async fn state_is_compared_snapshotted_and_the_same_on_every_replica() {
     .await;
     let seen = until_marker(&mut watcher, 3).await;
     assert_eq!((seen.len(), &seen[0]["data"]), (1, &Value::Null), "{seen:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.wait_routed(b.routed()).await;
     let mut after = connect(&c.url(&token("after"))).await;
     after.assert_nothing_pending().await;
     a.stop().await;
@@ -189,8 +176,8 @@ async fn a_stalled_reader_gets_the_latest_state_and_every_plain_event() {
         publish(&gw, Value::Array(batch)).await;
     }
     publish(&gw, json!([marker(9)])).await;
-    // Let the session fall behind, then read everything.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything routed while the session read nothing: it fell behind. Then read everything.
+    gw.wait_routed((rounds * (keys as i64 + 1) + 1) as u64).await;
     let got = until_marker(&mut slow, 9).await;
     let plains: Vec<i64> = got
         .iter()
