@@ -239,10 +239,10 @@ impl Gateway {
             shared.announce.store(true, std::sync::atomic::Ordering::Release);
             (None, None)
         };
-        let connect_limiter = std::num::NonZeroU32::new(settings.cluster.connect_rate_per_sec).map(|rate| {
-            let burst = std::num::NonZeroU32::new(settings.cluster.connect_rate_burst).unwrap_or(rate);
-            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
-        });
+        let connect_limiter = transport::admission::limiter(
+            settings.cluster.connect_rate_per_sec,
+            settings.cluster.connect_rate_burst,
+        );
         let state = Arc::new(AppState {
             settings,
             auth,

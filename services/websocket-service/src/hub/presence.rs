@@ -321,22 +321,23 @@ impl Presence {
         let mut writes = Vec::new();
         let mut inner = self.inner.lock();
         let mut dead: Vec<(UserKey, Arc<str>)> = Vec::new();
-        let mut verdicts: HashMap<Arc<str>, bool> = HashMap::new();
+        let mut verdicts: HashMap<Arc<str>, Liveness> = HashMap::new();
         for (key, replicas) in &inner.cluster {
             for (replica, held) in replicas {
                 if *replica == self.replica {
                     continue;
                 }
-                let is_dead = *verdicts
+                // Asked once per replica per pass.
+                let known = *verdicts
                     .entry(replica.clone())
-                    .or_insert_with(|| match liveness(replica) {
-                        Liveness::Beat(at) => now.saturating_duration_since(at) >= self.lease,
-                        Liveness::Gone(at) => now.saturating_duration_since(at) >= self.grace,
-                        Liveness::Unknown => false,
-                    });
-                let stale_unknown = matches!(liveness(replica), Liveness::Unknown)
-                    && now.saturating_duration_since(held.read) >= self.lease;
-                if is_dead || stale_unknown {
+                    .or_insert_with(|| liveness(replica));
+                let is_dead = match known {
+                    Liveness::Beat(at) => now.saturating_duration_since(at) >= self.lease,
+                    Liveness::Gone(at) => now.saturating_duration_since(at) >= self.grace,
+                    // No beat known: judged by when its record was read.
+                    Liveness::Unknown => now.saturating_duration_since(held.read) >= self.lease,
+                };
+                if is_dead {
                     dead.push((key.clone(), replica.clone()));
                 }
             }
@@ -530,6 +531,13 @@ mod tests {
         );
         assert_eq!(p.online(Some("w"), Some("r2"), 10), (vec!["v".into()], false));
         assert_eq!(p.online(Some("w"), None, 1), (vec!["u".into()], true));
+        // At most `max_rooms` rooms in a record, whatever the sessions joined.
+        let bounded = Presence::new("a", true, GRACE, LEASE, 2);
+        bounded.opened(None, "u");
+        for room in ["r1", "r2", "r3"] {
+            bounded.room(None, "u", room, true);
+        }
+        assert_eq!(bounded.flush(t0, 1).0[0].1.as_ref().unwrap().rooms.len(), 2);
         // Leaving the room rewrites the record.
         p.room(Some("w"), "u", "r1", false);
         let (writes, changes) = p.flush(t0, 2);

@@ -271,4 +271,14 @@ mod tests {
         assert_eq!(s.expire(), 1);
         assert_eq!(route(&s, 3, A).0, Verdict::Changed, "an expired key is new again");
     }
+
+    #[test]
+    fn a_snapshot_is_bounded_oldest_update_first() {
+        let s = StateStore::new(Duration::from_secs(60), 10);
+        route(&s, 1, A);
+        route(&s, 2, OTHER_AUDIENCE);
+        let seqs: Vec<u64> = s.snapshot(1, |_| true).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1]);
+        assert_eq!(s.snapshot(10, |_| true).len(), 2);
+    }
 }

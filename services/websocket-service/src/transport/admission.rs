@@ -115,6 +115,15 @@ pub struct Admitted {
     pub took_over: bool,
 }
 
+/// A rate limiter of `rate` per second with `burst` at once; none when `rate` is 0 (off).
+pub fn limiter(rate: u32, burst: u32) -> Option<governor::DefaultDirectRateLimiter> {
+    let rate = std::num::NonZeroU32::new(rate)?;
+    let burst = std::num::NonZeroU32::new(burst).unwrap_or(rate);
+    Some(governor::RateLimiter::direct(
+        governor::Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
 /// `CONNECT_RATE_PER_SEC`: whether one more new session may be tried now (checked before the
 /// token is verified, so a storm costs little). Counted when not.
 pub fn connect_allowed(state: &AppState) -> bool {

@@ -126,7 +126,8 @@ pub async fn ws_route(
         .max_frame_size(state.settings.server.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(state.settings.server.max_frame_bytes);
-    let state_cluster = state.settings.cluster.clone();
+    let limits = &state.settings.cluster;
+    let limiter = admission::limiter(limits.client_messages_per_sec, limits.client_messages_burst);
     let conn = Connection {
         state: state.into_inner(),
         valid_until: admitted.identity.valid_until,
@@ -138,10 +139,7 @@ pub async fn ws_route(
         slot: SlotGuard::new(admitted.slot),
         session,
         recorded: None,
-        limiter: std::num::NonZeroU32::new(state_cluster.client_messages_per_sec).map(|rate| {
-            let burst = std::num::NonZeroU32::new(state_cluster.client_messages_burst).unwrap_or(rate);
-            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
-        }),
+        limiter,
         refused: 0,
         refused_since: None,
     };

@@ -208,12 +208,7 @@ async fn presence_is_cluster_wide_and_quiet_for_tabs_and_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_s_users_go_offline_within_the_lease() {
     let env = cluster_env().await;
-    let extra: Vec<(&str, &str)> = env
-        .iter()
-        .filter(|(k, _)| k != "JWT_SECRET" && k != "HOST")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let a = ServiceProcess::spawn(&extra).await;
+    let a = ServiceProcess::spawn_env(&env).await;
     let b = started(&env).await;
     let a_url = |t: &str| format!("ws://{}/ws?token={t}", a.base());
     let mut observer = connect(&b.url(&ws_token("obs", "w1"))).await;
@@ -360,6 +355,9 @@ async fn revocations_and_disconnects_reach_every_replica() {
         .0,
         400
     );
+    let huge = json!({"user": "u1", "pad": "x".repeat(5000)});
+    let (status, _) = api(a.internal, "POST", "/api/revoke", Some(huge), API_KEY).await;
+    assert_eq!(status, 413, "bodies are bounded");
 
     let started_at = Instant::now();
     let (status, answer) = api(
@@ -444,6 +442,9 @@ async fn revocations_and_disconnects_reach_every_replica() {
         .0,
         400
     );
+    let long_reason = json!({"user": "u4", "reason": "r".repeat(121)});
+    let (status, _) = api(b.internal, "POST", "/api/disconnect", Some(long_reason), API_KEY).await;
+    assert_eq!(status, 400, "a close reason fits a close frame");
     let (status, answer) = api(
         b.internal,
         "POST",

@@ -528,6 +528,17 @@ impl ServiceProcess {
         service
     }
 
+    /// Starts the binary with the settings of an in-process gateway (`env_for` and what a test
+    /// set on top), so both run as one cluster.
+    pub async fn spawn_env(env: &[(String, String)]) -> Self {
+        let extra: Vec<(&str, &str)> = env
+            .iter()
+            .filter(|(k, _)| k != "JWT_SECRET" && k != "HOST")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::spawn(&extra).await
+    }
+
     pub fn base(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

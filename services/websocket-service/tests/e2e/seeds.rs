@@ -340,12 +340,7 @@ async fn a_killed_replica_loses_nothing_for_clients_without_a_cursor() {
     set(&mut env, "GATEWAY_CONTROL_TOPIC", &control);
     set(&mut env, "CATCHUP_HEARTBEAT_MS", "100");
     set(&mut env, "ROOMS_PUBLIC", "lobby");
-    let extra: Vec<(&str, &str)> = env
-        .iter()
-        .filter(|(k, _)| k != "JWT_SECRET" && k != "HOST")
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let a = ServiceProcess::spawn(&extra).await;
+    let a = ServiceProcess::spawn_env(&env).await;
     let b = TestGateway::start(env.clone()).await;
     b.wait_ready().await;
     let a_ready = format!("http://{}/ready", a.base());
