@@ -47,6 +47,11 @@ pub struct Audience {
     pub exclude_users: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// One session (the `connection_id` of its `connected` message): RPC replies over Kafka and
+    /// pushes meant for one tab. Session ids are random (UUID v4) and never reused; a session
+    /// that ended is addressed in vain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl Audience {
@@ -69,10 +74,11 @@ impl Audience {
             || !self.rooms.is_empty()
             || self.workspace.is_some()
             || self.all
-            || !self.roles.is_empty();
+            || !self.roles.is_empty()
+            || self.session.is_some();
         if !targets {
             return Err(invalid(
-                "names nobody: give user, users, room, rooms, workspace, roles or all",
+                "names nobody: give user, users, room, rooms, workspace, roles, session or all",
             ));
         }
         for list in [&self.users, &self.rooms, &self.exclude_users, &self.roles] {
@@ -83,12 +89,13 @@ impl Audience {
         let names = self
             .all_users()
             .chain(self.workspace.as_deref())
+            .chain(self.session.as_deref())
             .chain(self.exclude_users.iter().map(String::as_str))
             .chain(self.roles.iter().map(String::as_str));
         for name in names {
             if name.is_empty() || name.len() > MAX_NAME_BYTES {
                 return Err(invalid(
-                    "a user, workspace or role name is empty or longer than 256 bytes",
+                    "a user, workspace, session or role name is empty or longer than 256 bytes",
                 ));
             }
         }
@@ -137,6 +144,36 @@ pub struct GenericEvent {
     /// before (`data: null` removes it). Clients get only the latest value, and a snapshot of
     /// every key in their audience when they connect or join.
     pub key: Option<String>,
+    /// Who sent it, when a client published it through the gateway (stamped by the gateway from
+    /// the verified token, never taken from the client): delivered as `from: {"user": ..}`, and
+    /// never to the publishing session itself.
+    pub from: Option<Sender>,
+    /// Delivered live only: never replayed by a resume, a catch-up or a poll (typing
+    /// indicators).
+    pub ephemeral: bool,
+}
+
+/// The sender of a client publication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sender {
+    pub user: String,
+    /// The publishing session: the one member of the room that does not get it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// The parts of a decoded generic envelope, before validation.
+pub(crate) struct Parts {
+    pub id: Option<String>,
+    pub event_type: Option<String>,
+    pub data: Option<Box<RawValue>>,
+    pub message: Option<Box<RawValue>>,
+    pub to: Box<RawValue>,
+    pub occurred_at: Option<String>,
+    pub key: Option<String>,
+    pub from: Option<Box<RawValue>>,
+    pub ephemeral: Option<bool>,
 }
 
 /// The wire form, both ways.
@@ -155,6 +192,10 @@ pub(crate) struct Wire {
     pub occurred_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Sender>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 impl Serialize for GenericEvent {
@@ -172,6 +213,8 @@ impl Serialize for GenericEvent {
             to,
             occurred_at: self.occurred_at.clone(),
             key: self.key.clone(),
+            from: self.from.clone(),
+            ephemeral: self.ephemeral,
         }
         .serialize(serializer)
     }
@@ -204,21 +247,27 @@ impl GenericEvent {
         match (rooms.next(), rooms.next(), users.next(), users.next()) {
             (Some(room), None, _, _) => format!("room:{ws}/{room}"),
             (None, _, Some(user), None) => user.to_string(),
+            (None, _, None, _) if to.session.is_some() => {
+                format!("session:{}", to.session.as_deref().unwrap_or_default())
+            }
             _ if !ws.is_empty() => format!("workspace:{ws}"),
             _ => "broadcast".to_string(),
         }
     }
 
     /// Validates the fields of a decoded envelope.
-    pub(crate) fn from_parts(
-        id: Option<String>,
-        event_type: Option<String>,
-        data: Option<Box<RawValue>>,
-        message: Option<Box<RawValue>>,
-        to: &RawValue,
-        occurred_at: Option<String>,
-        key: Option<String>,
-    ) -> Result<Self, DecodeError> {
+    pub(crate) fn from_parts(parts: Parts) -> Result<Self, DecodeError> {
+        let Parts {
+            id,
+            event_type,
+            data,
+            message,
+            to,
+            occurred_at,
+            key,
+            from,
+            ephemeral,
+        } = parts;
         if key
             .as_ref()
             .is_some_and(|k| k.is_empty() || k.len() > MAX_NAME_BYTES)
@@ -233,6 +282,24 @@ impl GenericEvent {
             reason: e.to_string(),
         })?;
         to.validate()?;
+        let from = match from {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => {
+                let from: Sender = serde_json::from_str(raw.get()).map_err(|e| DecodeError::Field {
+                    field: "from",
+                    reason: e.to_string(),
+                })?;
+                let bad = |s: &str| s.is_empty() || s.len() > MAX_NAME_BYTES;
+                if bad(&from.user) || from.session.as_deref().is_some_and(bad) {
+                    return Err(DecodeError::Invalid {
+                        field: "from",
+                        reason: "a user or session is empty or longer than 256 bytes",
+                    });
+                }
+                Some(from)
+            }
+        };
         let (payload, default_type) = match (data, message) {
             (Some(_), Some(_)) => {
                 return Err(DecodeError::Invalid {
@@ -274,6 +341,8 @@ impl GenericEvent {
             to,
             occurred_at,
             key,
+            from,
+            ephemeral: ephemeral.unwrap_or(false),
         })
     }
 }

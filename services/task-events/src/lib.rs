@@ -58,8 +58,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 pub use generic::{
-    valid_room_name, Audience, GenericEvent, Payload, MAX_AUDIENCE_LIST, MAX_MESSAGE_BYTES, MAX_NAME_BYTES,
-    MAX_ROOM_BYTES,
+    valid_room_name, Audience, GenericEvent, Payload, Sender, MAX_AUDIENCE_LIST, MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES, MAX_ROOM_BYTES,
 };
 
 /// The event types the task apps emit today. Others may come; they are carried as they are.
@@ -150,6 +150,10 @@ pub enum DecodeError {
 
 /// Any event the gateway routes: the task envelope the task apps already write, or the generic
 /// envelope addressed with `to`.
+///
+/// Not boxed: most events are generic, and each lives once in the history (an `Arc` entry), so
+/// a box would add an allocation per event and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Event {
     Task(TaskEvent),
@@ -201,15 +205,17 @@ impl Event {
             return TaskEvent::from_fields(shape).map(Event::Task);
         }
         let to = shape.to.ok_or(DecodeError::Missing("to"))?;
-        GenericEvent::from_parts(
-            shape.id,
-            shape.event_type,
-            shape.data,
-            shape.message,
-            &to,
-            shape.occurred_at,
-            shape.key,
-        )
+        GenericEvent::from_parts(generic::Parts {
+            id: shape.id,
+            event_type: shape.event_type,
+            data: shape.data,
+            message: shape.message,
+            to,
+            occurred_at: shape.occurred_at,
+            key: shape.key,
+            from: shape.from,
+            ephemeral: shape.ephemeral,
+        })
         .map(Event::Generic)
     }
 
@@ -272,6 +278,8 @@ struct AnyShape {
     #[serde(default, deserialize_with = "present")]
     message: Option<Box<RawValue>>,
     key: Option<String>,
+    from: Option<Box<RawValue>>,
+    ephemeral: Option<bool>,
 }
 
 /// A field that is present, even as `null` (which `Option` alone would read as absent).

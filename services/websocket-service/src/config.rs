@@ -105,6 +105,20 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("STATE_TTL_SECS", "state.ttl_secs"),
     ("STATE_MAX_KEYS", "state.max_keys"),
     ("STATE_SNAPSHOT_MAX", "state.snapshot_max"),
+    ("RPC_ROUTES", "upstream.rpc_routes"),
+    ("RPC_LEGACY_TYPES", "upstream.rpc_legacy_types"),
+    ("RPC_TIMEOUT_MS", "upstream.rpc_timeout_ms"),
+    ("RPC_MAX_IN_FLIGHT", "upstream.max_in_flight"),
+    ("RPC_MAX_RESPONSE_BYTES", "upstream.max_response_bytes"),
+    ("UPSTREAM_MAX_DATA_BYTES", "upstream.max_data_bytes"),
+    ("CLIENT_PUBLISH_ROOMS", "upstream.publish_rooms"),
+    ("CLIENT_PUBLISH_TOPIC", "upstream.publish_topic"),
+    ("CLIENT_PUBLISH_PER_SEC", "upstream.publish_per_sec"),
+    ("CLIENT_PUBLISH_BURST", "upstream.publish_burst"),
+    ("BACKEND_TOKEN", "upstream.backend_token"),
+    ("BACKEND_CA_FILE", "upstream.backend_ca_file"),
+    ("BACKEND_CLIENT_CERT_FILE", "upstream.backend_client_cert_file"),
+    ("BACKEND_CLIENT_KEY_FILE", "upstream.backend_client_key_file"),
     ("DEDUP_WINDOW_SECS", "dedup.window_secs"),
     ("DEDUP_CAPACITY", "dedup.capacity"),
     ("LOG_FORMAT", "log.format"),
@@ -116,6 +130,9 @@ const LIST_KEYS: &[&str] = &[
     "rooms.public",
     "rooms.user_scoped",
     "sse.cors_origins",
+    "upstream.rpc_routes",
+    "upstream.rpc_legacy_types",
+    "upstream.publish_rooms",
 ];
 
 /// Prefix of librdkafka pass-through properties in the environment.
@@ -138,7 +155,42 @@ pub struct Settings {
     pub api: ApiSettings,
     pub cluster: ClusterSettings,
     pub state: StateSettings,
+    pub upstream: UpstreamSettings,
     pub log: LogSettings,
+}
+
+/// What clients send to backends through the gateway: RPC calls and room publications (see
+/// `upstream::routes` for the syntax of the lists).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// `method=backend` / `prefix*=backend`: an http(s) URL or `kafka:<topic>`.
+    pub rpc_routes: Vec<String>,
+    /// `client_type=method:answer_type`: old request messages answered through RPC.
+    pub rpc_legacy_types: Vec<String>,
+    /// How long a call may take, end to end; then `rpc_error` `timeout`.
+    pub rpc_timeout_ms: u64,
+    /// Calls and publications one session may have waiting at once; one more is answered
+    /// `too_many_requests`.
+    pub max_in_flight: usize,
+    /// Largest answer taken from a backend; a larger one is `response_too_large`.
+    pub max_response_bytes: usize,
+    /// Largest `data` a client may send upstream (an RPC call or a publication).
+    pub max_data_bytes: usize,
+    /// `pattern=deny|members|rpc:<method>`: who may publish to which rooms (unmatched: deny).
+    pub publish_rooms: Vec<String>,
+    /// The topic client publications are written to (keyed by room) and read from.
+    pub publish_topic: String,
+    /// Publications per second per session, and the burst above it.
+    pub publish_per_sec: u32,
+    pub publish_burst: u32,
+    /// Sent to HTTP backends as `Authorization: Bearer <token>`, so they know the gateway.
+    pub backend_token: Option<String>,
+    /// PEM CA bundle HTTP backends' certificates are checked against (besides the system's).
+    pub backend_ca_file: Option<String>,
+    /// PEM client certificate and PKCS#8 key the gateway presents to HTTP backends (mTLS).
+    pub backend_client_cert_file: Option<String>,
+    pub backend_client_key_file: Option<String>,
 }
 
 /// State events (a generic envelope with a `key`): the latest value per key and audience.
@@ -528,6 +580,19 @@ const DEFAULTS: &[(&str, DefaultValue)] = &[
     ("state.ttl_secs", DefaultValue::Int(300)),
     ("state.max_keys", DefaultValue::Int(100_000)),
     ("state.snapshot_max", DefaultValue::Int(1000)),
+    ("upstream.rpc_routes", DefaultValue::List(&[])),
+    ("upstream.rpc_legacy_types", DefaultValue::List(&[])),
+    ("upstream.rpc_timeout_ms", DefaultValue::Int(5_000)),
+    ("upstream.max_in_flight", DefaultValue::Int(16)),
+    ("upstream.max_response_bytes", DefaultValue::Int(64 * 1024)),
+    ("upstream.max_data_bytes", DefaultValue::Int(16 * 1024)),
+    ("upstream.publish_rooms", DefaultValue::List(&[])),
+    (
+        "upstream.publish_topic",
+        DefaultValue::Str("gateway-client-publish"),
+    ),
+    ("upstream.publish_per_sec", DefaultValue::Int(10)),
+    ("upstream.publish_burst", DefaultValue::Int(20)),
     ("dedup.window_secs", DefaultValue::Int(120)),
     ("dedup.capacity", DefaultValue::Int(100_000)),
     ("log.format", DefaultValue::Str("text")),
@@ -544,6 +609,12 @@ enum DefaultValue {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
+
+impl ConfigError {
+    pub fn new(message: String) -> Self {
+        ConfigError(message)
+    }
+}
 
 impl Settings {
     /// Loads from the process environment (and `CONFIG_FILE` when set).
@@ -600,6 +671,12 @@ impl Settings {
             }
         }
         settings.validate()?;
+        // Client publications are read back from their topic like any event.
+        let routes = settings.upstream_routes()?;
+        let topic = &settings.upstream.publish_topic;
+        if routes.publishes() && settings.kafka_enabled() && !settings.kafka.topics.contains(topic) {
+            settings.kafka.topics.push(topic.clone());
+        }
         Ok(settings)
     }
 
@@ -750,6 +827,35 @@ impl Settings {
             64 * 1024 * 1024,
         )?;
         within("PUBLISH_TIMEOUT_MS", api.publish_timeout_ms, 100, 120_000)?;
+        let u = &self.upstream;
+        self.upstream_routes()?;
+        within("RPC_TIMEOUT_MS", u.rpc_timeout_ms, 10, 600_000)?;
+        within("RPC_MAX_IN_FLIGHT", u.max_in_flight as u64, 1, 10_000)?;
+        within(
+            "RPC_MAX_RESPONSE_BYTES",
+            u.max_response_bytes as u64,
+            256,
+            16 * 1024 * 1024,
+        )?;
+        within(
+            "UPSTREAM_MAX_DATA_BYTES",
+            u.max_data_bytes as u64,
+            16,
+            16 * 1024 * 1024,
+        )?;
+        within("CLIENT_PUBLISH_BURST", u64::from(u.publish_burst), 1, 1_000_000)?;
+        if u.publish_topic.is_empty() || u.publish_topic == self.kafka.control_topic {
+            return fail("CLIENT_PUBLISH_TOPIC must be set and differ from GATEWAY_CONTROL_TOPIC");
+        }
+        if u.backend_token
+            .as_deref()
+            .is_some_and(|t| !t.is_empty() && t.len() < 16)
+        {
+            return fail("BACKEND_TOKEN is shorter than 16 bytes; use a longer random token");
+        }
+        if u.backend_client_cert_file.is_some() != u.backend_client_key_file.is_some() {
+            return fail("BACKEND_CLIENT_CERT_FILE and BACKEND_CLIENT_KEY_FILE go together");
+        }
         within(
             "HISTORY_MAX_EVENTS",
             self.history.max_events as u64,
@@ -851,6 +957,12 @@ impl Settings {
             "" => self.kafka.topics.first().map(String::as_str),
             topic => Some(topic),
         }
+    }
+
+    /// The upstream lists, parsed (validated at load).
+    pub fn upstream_routes(&self) -> Result<crate::upstream::routes::Routes, ConfigError> {
+        let u = &self.upstream;
+        crate::upstream::routes::Routes::parse(&u.rpc_routes, &u.rpc_legacy_types, &u.publish_rooms)
     }
 
     pub fn write_timeout(&self) -> Duration {

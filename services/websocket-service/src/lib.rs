@@ -17,6 +17,8 @@
 //! - [`transport`]: how it reaches the client: [`transport::admission`] (one admission for every
 //!   transport), [`transport::feed`] (what a session writes next: its queue, the history),
 //!   [`transport::ws`], [`transport::sse`], [`transport::poll`], [`transport::refusals`].
+//! - [`upstream`]: what clients send to backends: RPC calls (HTTP or Kafka backends), legacy
+//!   request types, room publications through Kafka.
 //! - [`protocol`]: the messages on the socket and the close codes.
 //! - [`auth`]: JWT verification (HS256 secret, PEM public key, or JWKS), algorithm pinned.
 //! - [`http`]: the public and internal listeners and their routes.
@@ -43,6 +45,7 @@ pub mod protocol;
 pub mod supervise;
 pub mod telemetry;
 pub mod transport;
+pub mod upstream;
 
 use hub::{dedup, registry, router};
 use ingest::kafka;
@@ -84,6 +87,8 @@ pub struct AppState {
     pub revocations: Arc<hub::revocations::Revocations>,
     /// `CONNECT_RATE_PER_SEC`: new sessions of this replica, all transports.
     pub connect_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// RPC calls and client publications to backends.
+    pub upstream: Arc<upstream::Upstream>,
 }
 
 /// A configured gateway, not yet serving.
@@ -243,6 +248,11 @@ impl Gateway {
             settings.cluster.connect_rate_per_sec,
             settings.cluster.connect_rate_burst,
         );
+        let upstream = Arc::new(upstream::Upstream::from_settings(
+            &settings,
+            router.replies().clone(),
+            stats.clone(),
+        )?);
         let state = Arc::new(AppState {
             settings,
             auth,
@@ -260,6 +270,7 @@ impl Gateway {
             presence,
             revocations,
             connect_limiter,
+            upstream,
             refusals: transport::refusals::Refusals::new(
                 std::time::Duration::from_secs(settings_refusal_secs),
                 settings_refusal_capacity,

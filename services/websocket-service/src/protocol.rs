@@ -52,6 +52,21 @@ pub struct ClientEnvelope<'a> {
     /// `subscribe`, `unsubscribe`.
     #[serde(default)]
     pub event_types: Option<Vec<String>>,
+    /// `rpc` (required), `publish` (optional): the client's id, echoed in the answer.
+    #[serde(default, borrow)]
+    pub id: Option<&'a RawValue>,
+    /// `rpc`.
+    #[serde(default, borrow)]
+    pub method: Option<std::borrow::Cow<'a, str>>,
+    /// `rpc`, `publish`.
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+    /// `publish`: the type the room's members get (default `message`).
+    #[serde(default, borrow)]
+    pub event_type: Option<std::borrow::Cow<'a, str>>,
+    /// `publish`: delivered live only, never replayed (typing indicators).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// `{"room": R}` under `data`.
@@ -111,6 +126,25 @@ pub enum ServerMessage<'a> {
     Error {
         code: &'a str,
         message: &'a str,
+        /// The `id` of the `publish` this error answers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// The answer to an `rpc`.
+    RpcResult {
+        id: &'a RawValue,
+        data: &'a RawValue,
+    },
+    /// An `rpc` that failed: `error.code` says why (see the README's RPC section).
+    RpcError {
+        id: &'a RawValue,
+        error: ErrorBody<'a>,
+    },
+    /// A `publish` the broker acknowledged: it reaches the room's other members.
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        data: PublishedData<'a>,
     },
     TaskUpdate {
         event: &'a str,
@@ -129,6 +163,34 @@ pub enum ServerMessage<'a> {
     Presence {
         data: PresenceData<'a>,
     },
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+}
+
+#[derive(Serialize)]
+pub struct PublishedData<'a> {
+    pub room: &'a str,
+    /// The id the room's members get the publication with.
+    pub event_id: &'a str,
+}
+
+/// The answer to a legacy request type: a generic event's shape without a position.
+#[derive(Serialize)]
+pub struct LegacyAnswer<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    pub event: &'a str,
+    pub data: &'a RawValue,
+}
+
+/// Who published a client publication (stamped by the gateway).
+#[derive(Serialize)]
+pub struct FromData<'a> {
+    pub user: &'a str,
 }
 
 /// Who is online in the session's workspace (or in one of its rooms), cluster-wide.
@@ -167,6 +229,9 @@ pub struct EventMessage<'a> {
     /// A state value sent because the session connected, joined or subscribed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<bool>,
+    /// A client publication: who sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<FromData<'a>>,
 }
 
 impl EventMessage<'_> {

@@ -85,6 +85,21 @@ pub struct Metrics {
     pub state_unchanged: Counter,
     pub state_conflated: Counter,
     pub state_snapshot_messages: Counter,
+    pub rpc_calls: Family<RpcLabels, Counter>,
+    pub rpc_duration: Family<BackendLabels, Histogram>,
+    pub rpc_replies: Family<ResultLabels, Counter>,
+    pub client_publishes: Family<ResultLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub backend: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +165,14 @@ impl Default for Metrics {
             state_unchanged: Counter::default(),
             state_conflated: Counter::default(),
             state_snapshot_messages: Counter::default(),
+            rpc_calls: Family::default(),
+            rpc_duration: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+            rpc_replies: Family::default(),
+            client_publishes: Family::default(),
         };
         let mut m = m;
         let r = &mut m.registry;
@@ -315,6 +338,26 @@ impl Default for Metrics {
             "state_snapshot_messages",
             "State values sent as snapshots (at connect, join, subscribe, or a resume that could not recover)",
             m.state_snapshot_messages.clone(),
+        );
+        r.register(
+            "rpc_calls",
+            "RPC calls from clients, by backend (http, kafka, none) and result (ok or the error code)",
+            m.rpc_calls.clone(),
+        );
+        r.register(
+            "rpc_duration_seconds",
+            "RPC calls from clients: time from the call to the backend's answer, by backend",
+            m.rpc_duration.clone(),
+        );
+        r.register(
+            "rpc_replies",
+            "RPC answers read from the log: answered (a call here waited for it), no_waiter, malformed",
+            m.rpc_replies.clone(),
+        );
+        r.register(
+            "client_publishes",
+            "Room publications from clients, by result (published or the error code)",
+            m.client_publishes.clone(),
         );
         r.register_with_unit(
             "delivery_latency",
@@ -506,6 +549,52 @@ impl Stats {
 
     /// A rate limit hit: `message` (a client message refused), `message_close` (a session
     /// closed for it) or `connect`.
+    /// An RPC call ended: `backend` (`http`, `kafka`, `none`) and its result (`ok` or the
+    /// error code the client got).
+    pub fn rpc_call(&self, backend: &str, result: &str, took: std::time::Duration) {
+        self.metrics
+            .rpc_calls
+            .get_or_create(&RpcLabels {
+                backend: backend.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        if backend != "none" {
+            self.metrics
+                .rpc_duration
+                .get_or_create(&BackendLabels {
+                    backend: backend.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// An RPC answer read from the log.
+    pub fn rpc_reply(&self, taken: crate::hub::replies::Taken) {
+        use crate::hub::replies::Taken;
+        let result = match taken {
+            Taken::Answered => "answered",
+            Taken::NoWaiter => "no_waiter",
+            Taken::Malformed => "malformed",
+        };
+        self.metrics
+            .rpc_replies
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A client publication: `published` or the error code the client got.
+    pub fn client_publish(&self, result: &str) {
+        self.metrics
+            .client_publishes
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     pub fn rate_limited(&self, kind: &str) {
         self.metrics
             .rate_limited

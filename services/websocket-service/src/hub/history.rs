@@ -106,6 +106,18 @@ impl Entry {
         }
     }
 
+    /// The session that published it (a client publication), which does not get it back.
+    pub fn sender_session(&self) -> Option<u128> {
+        match &self.event {
+            Event::Generic(generic) => generic
+                .from
+                .as_ref()
+                .and_then(|f| f.session.as_deref())
+                .map(crate::hub::registry::session_id),
+            Event::Task(_) => None,
+        }
+    }
+
     /// Sets the cursor (when routing, where the frontier is at hand).
     pub fn set_cursor(&self, cursor: impl FnOnce() -> String) -> Arc<str> {
         self.cursor.get_or_init(|| cursor().into()).clone()

@@ -12,6 +12,7 @@
 //!   reconnects).
 //! - [`presence`]: who is online, cluster-wide, and the transitions to announce.
 //! - [`revocations`]: revoked tokens, cluster-wide.
+//! - [`replies`]: RPC answers that come back through the log, to the call waiting for them.
 //! - [`state`]: state events: the latest value per key and audience, compare-before-send,
 //!   conflation and snapshots.
 
@@ -22,6 +23,7 @@ pub mod history;
 pub mod memberships;
 pub mod presence;
 pub mod registry;
+pub mod replies;
 pub mod revocations;
 pub mod router;
 pub mod state;

@@ -243,6 +243,9 @@ pub struct Profile {
     pub presence: bool,
     /// Unix ms of its admission: a disconnect order closes only sessions admitted before it.
     pub admitted_ms: u64,
+    /// The session's public id (a random UUID v4, never reused): its `connection_id`, what
+    /// `to.session` names, what backends see.
+    pub session: u128,
 }
 
 impl Profile {
@@ -256,6 +259,7 @@ impl Profile {
             issued_at: None,
             presence: false,
             admitted_ms: 0,
+            session: uuid::Uuid::new_v4().as_u128(),
         }
     }
 }
@@ -298,6 +302,7 @@ struct Index {
     by_workspace: HashMap<Arc<str>, HashSet<SessionId>>,
     by_role: HashMap<Arc<str>, HashSet<SessionId>>,
     by_room: HashMap<RoomKey, HashSet<SessionId>>,
+    by_session: HashMap<u128, SessionId>,
     anonymous: usize,
 }
 
@@ -343,6 +348,7 @@ pub struct Slot {
     id: SessionId,
     user: Arc<str>,
     mailbox: Arc<Mailbox>,
+    session: u128,
 }
 
 impl Slot {
@@ -352,6 +358,11 @@ impl Slot {
 
     pub fn user(&self) -> &Arc<str> {
         &self.user
+    }
+
+    /// The public session id ([`Profile::session`]) as a UUID string.
+    pub fn session(&self) -> String {
+        uuid::Uuid::from_u128(self.session).to_string()
     }
 
     pub fn id(&self) -> SessionId {
@@ -483,10 +494,12 @@ impl Registry {
         if profile.anonymous {
             index.anonymous += 1;
         }
+        index.by_session.insert(profile.session, id);
         if let (true, Some(presence)) = (profile.presence, self.presence.get()) {
             presence.opened(profile.workspace.as_deref(), &profile.user);
         }
         let user = profile.user.clone();
+        let session = profile.session;
         index.sessions.insert(
             id,
             SessionEntry {
@@ -501,6 +514,7 @@ impl Registry {
             id,
             user,
             mailbox,
+            session,
         })
     }
 
@@ -535,6 +549,7 @@ impl Registry {
         if profile.anonymous {
             index.anonymous -= 1;
         }
+        index.by_session.remove(&profile.session);
         if let (true, Some(presence)) = (profile.presence, self.presence.get()) {
             presence.closed(
                 profile.workspace.as_deref(),
@@ -638,13 +653,14 @@ impl Registry {
     pub fn deliver(&self, event: &Arc<Entry>, mut make: impl FnMut(Option<&str>) -> ByteString) -> Delivery {
         let to = &*event.audience();
         let event_type = event.event_type();
+        let sender = event.sender_session();
         let index = self.index.read();
         let mut outcome = Delivery::default();
         let workspace = to.workspace.as_deref();
         // The message of each room variant, built on first use.
         let mut built: Vec<(Option<Box<str>>, ByteString)> = Vec::new();
         let mut offer_entry = |entry: &SessionEntry, via_room: Option<&str>, outcome: &mut Delivery| {
-            if !admits(to, entry, via_room.is_some(), event_type) || !entry.wants(event_type) {
+            if !admits(to, entry, via_room.is_some(), event_type, sender) || !entry.wants(event_type) {
                 return;
             }
             if entry.mailbox.kicked().is_some() {
@@ -693,9 +709,11 @@ impl Registry {
         // Targets united; a session reached through several of them gets the event once.
         let users = to.all_users().count();
         let rooms = to.all_rooms().count();
-        let ws_only = users == 0 && rooms == 0 && workspace.is_some();
-        let roles_only = users == 0 && rooms == 0 && workspace.is_none();
-        let sources = users + rooms + usize::from(ws_only) + if roles_only { to.roles.len() } else { 0 };
+        let session = to.session.as_deref().map(session_id);
+        let named = users + rooms + usize::from(session.is_some());
+        let ws_only = named == 0 && workspace.is_some();
+        let roles_only = named == 0 && workspace.is_none();
+        let sources = named + usize::from(ws_only) + if roles_only { to.roles.len() } else { 0 };
         let mut seen: Option<HashSet<SessionId>> = (sources > 1).then(HashSet::new);
         let mut once = |id: SessionId| seen.as_mut().is_none_or(|seen| seen.insert(id));
         // Rooms first, so a session in a room gets the room's variant of the message.
@@ -712,6 +730,11 @@ impl Registry {
                 if once(*id) {
                     offer(*id, None, &mut outcome);
                 }
+            }
+        }
+        if let Some(id) = session.and_then(|s| index.by_session.get(&s)) {
+            if once(*id) {
+                offer(*id, None, &mut outcome);
             }
         }
         if ws_only {
@@ -745,6 +768,20 @@ impl Registry {
             .values()
             .filter_map(|e| e.mailbox.not_written())
             .min()
+    }
+
+    /// A session's profile (for what it sends upstream: the identity the gateway stamps).
+    pub fn profile_of(&self, id: SessionId) -> Option<Profile> {
+        self.index.read().sessions.get(&id).map(|e| e.profile.clone())
+    }
+
+    /// Whether a session is in `room`.
+    pub fn is_in_room(&self, id: SessionId, room: &str) -> bool {
+        self.index
+            .read()
+            .sessions
+            .get(&id)
+            .is_some_and(|e| e.rooms.iter().any(|r| &**r == room))
     }
 
     /// The rooms a session is in and its filter (what a session that takes over from it gets).
@@ -854,22 +891,30 @@ fn offer_to<'e>(entry: &SessionEntry, event: &'e Entry) -> Option<Option<&'e str
             let reached = !profile.anonymous && *task.user_id == *profile.user;
             return (reached && entry.wants(event.event_type())).then_some(None);
         }
+        // Delivered live only.
+        Event::Generic(generic) if generic.ephemeral => return None,
         Event::Generic(generic) => &generic.to,
     };
     let workspace = to.workspace.as_deref();
+    let session = to.session.as_deref().map(session_id);
     let via_room = to
         .all_rooms()
         .find(|room| entry.rooms.iter().any(|r| &**r == *room) && profile.workspace.as_deref() == workspace);
+    let named = to.all_users().next().is_some() || to.all_rooms().next().is_some() || session.is_some();
     let reached = via_room.is_some()
         || to.all
         || to.all_users().any(|u| u == &*profile.user)
-        || (to.all_users().next().is_none() && to.all_rooms().next().is_none() && workspace.is_some())
-        || (to.all_users().next().is_none()
-            && to.all_rooms().next().is_none()
-            && workspace.is_none()
-            && !to.roles.is_empty());
+        || session == Some(profile.session)
+        || (!named && workspace.is_some())
+        || (!named && workspace.is_none() && !to.roles.is_empty());
     if !reached
-        || !admits(to, entry, via_room.is_some(), event.event_type())
+        || !admits(
+            to,
+            entry,
+            via_room.is_some(),
+            event.event_type(),
+            event.sender_session(),
+        )
         || !entry.wants(event.event_type())
     {
         return None;
@@ -881,8 +926,18 @@ fn offer_to<'e>(entry: &SessionEntry, event: &'e Entry) -> Option<Option<&'e str
     )
 }
 
-fn admits(to: &Audience, entry: &SessionEntry, via_room: bool, event_type: &str) -> bool {
+fn admits(
+    to: &Audience,
+    entry: &SessionEntry,
+    via_room: bool,
+    event_type: &str,
+    sender: Option<u128>,
+) -> bool {
     let profile = &entry.profile;
+    // A client publication goes to the others.
+    if sender == Some(profile.session) {
+        return false;
+    }
     if let Some(ws) = to.workspace.as_deref() {
         if profile.workspace.as_deref() != Some(ws) {
             return false;
@@ -900,6 +955,12 @@ fn admits(to: &Audience, entry: &SessionEntry, via_room: bool, event_type: &str)
         return false;
     }
     true
+}
+
+/// A session id as written in `to.session` or `from.session` (a UUID); one that does not parse
+/// names no session (0 is never given out).
+pub fn session_id(text: &str) -> u128 {
+    uuid::Uuid::parse_str(text).map_or(0, |u| u.as_u128())
 }
 
 #[cfg(test)]

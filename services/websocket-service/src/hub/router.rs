@@ -13,6 +13,7 @@ use crate::hub::cursor::{Cursor, CursorError, Frontier, PartitionId};
 use crate::hub::dedup::Dedup;
 use crate::hub::history::{Entry, History, Unrecoverable, CHECKPOINT_EVERY};
 use crate::hub::registry::{Delivery, LimitHit, Profile, Registry, Slot};
+use crate::hub::replies::{self, Replies, Taken};
 use crate::hub::state::{StateStore, Verdict};
 use crate::ingest::Origin;
 use crate::protocol::{EventMessage, ServerMessage};
@@ -27,6 +28,9 @@ pub enum Routed {
     Duplicate,
     /// A state event identical to the value held for its key: not delivered.
     Unchanged,
+    /// An RPC answer addressed to a session: handed to the call waiting for it (on the replica
+    /// that has it), never delivered as an event nor kept in the history.
+    Reply(Taken),
 }
 
 /// When the event happened: its `occurred_at`, else the record's timestamp.
@@ -63,6 +67,8 @@ pub struct Router {
     core: Mutex<Core>,
     /// This process, in cursors: events without a log position resume on it only.
     instance: u64,
+    /// RPC calls waiting for an answer through the log.
+    replies: Arc<Replies>,
 }
 
 impl Router {
@@ -86,6 +92,7 @@ impl Router {
                 local: 0,
             }),
             instance: uuid::Uuid::new_v4().as_u64_pair().0,
+            replies: Arc::new(Replies::default()),
         }
     }
 
@@ -99,6 +106,10 @@ impl Router {
 
     pub fn state(&self) -> &StateStore {
         &self.state
+    }
+
+    pub fn replies(&self) -> &Arc<Replies> {
+        &self.replies
     }
 
     pub fn instance(&self) -> u64 {
@@ -153,6 +164,15 @@ impl Router {
     }
 
     fn route_as(&self, event: Event, origin: Origin<'_>, deliver: bool) -> Routed {
+        if let Some(taken) = self.take_reply(&event) {
+            self.stats.rpc_reply(taken);
+            if let Some((p, offset)) = position(&origin) {
+                let mut core = self.core.lock();
+                core.frontier.advance(p, offset);
+                core.encoded = None;
+            }
+            return Routed::Reply(taken);
+        }
         let id = match event.id().map(str::to_string).or_else(|| origin.fallback_id()) {
             Some(id) => id,
             None => uuid::Uuid::now_v7().to_string(),
@@ -232,6 +252,31 @@ impl Router {
                 .messages_dropped("slow_consumer", delivery.dropped as u64);
         }
         Routed::Delivered(delivery)
+    }
+
+    /// An `rpc_result` / `rpc_error` addressed to one session and nobody else is an answer.
+    fn take_reply(&self, event: &Event) -> Option<Taken> {
+        let Event::Generic(g) = event else { return None };
+        let kind = g.event_type.as_str();
+        let to = &g.to;
+        let only_session = to.user.is_none()
+            && to.users.is_empty()
+            && to.room.is_none()
+            && to.rooms.is_empty()
+            && to.workspace.is_none()
+            && !to.all
+            && to.roles.is_empty();
+        let session = to.session.as_deref().filter(|_| only_session)?;
+        if kind != replies::RESULT && kind != replies::ERROR {
+            return None;
+        }
+        let task_events::Payload::Data(data) = &g.payload else {
+            return Some(Taken::Malformed);
+        };
+        Some(
+            self.replies
+                .take(kind, crate::hub::registry::session_id(session), data),
+        )
     }
 
     /// The cursor of a session that has written every message offered to it: the current
@@ -382,6 +427,10 @@ fn build(entry: &Entry, cursor: Option<&str>, room: Option<&str>) -> ByteString 
                 workspace_id: generic.to.workspace.as_deref(),
                 key: generic.key.as_deref(),
                 snapshot: cursor.is_none().then_some(true),
+                from: generic
+                    .from
+                    .as_ref()
+                    .map(|f| crate::protocol::FromData { user: &f.user }),
             }
             .to_text(),
         },

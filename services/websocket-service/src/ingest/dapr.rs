@@ -13,7 +13,6 @@ use serde::Deserialize;
 use serde_json::{json, value::RawValue, Value};
 use subtle::ConstantTimeEq;
 
-use crate::hub::router::Routed;
 use crate::ingest::Origin;
 use crate::AppState;
 
@@ -233,7 +232,7 @@ fn bulk(state: &AppState, entries: Vec<&RawValue>) -> HttpResponse {
 
 fn route_json(state: &AppState, bytes: &[u8], origin: Origin<'_>) -> &'static str {
     match state.router.route_bytes(bytes, origin) {
-        Ok(Routed::Delivered(_) | Routed::Duplicate | Routed::Unchanged) => SUCCESS,
+        Ok(_) => SUCCESS,
         Err(_) => DROP,
     }
 }

@@ -236,6 +236,7 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
         issued_at: identity.issued_at,
         presence: req.counts_in_presence && !anonymous,
         admitted_ms: crate::hub::handoff::unix_ms(),
+        session: uuid::Uuid::new_v4().as_u128(),
     };
     let resume = req
         .cursor()

@@ -172,7 +172,7 @@ impl SseSession {
         let resumed = self.admitted.resumed;
         let hello = ServerMessage::Connected {
             event: "connected",
-            connection_id: &uuid::Uuid::new_v4().to_string(),
+            connection_id: &self.admitted.slot.session(),
             user_id: &user,
             workspace_id: self.admitted.workspace.as_deref(),
             server_time: &now,

@@ -25,6 +25,9 @@ use crate::transport::admission::{self, Request, Resumed};
 use crate::transport::feed::{Feed, Next};
 use crate::transport::refusals::{self, Refused};
 use crate::AppState;
+use calls::Calls;
+
+mod calls;
 
 /// Most queued messages written per turn of the session's loop before it looks at the client's
 /// messages and its timer again.
@@ -142,6 +145,7 @@ pub async fn ws_route(
         limiter,
         refused: 0,
         refused_since: None,
+        calls: None,
     };
     actix_web::rt::spawn(conn.run(stream));
     Ok(response)
@@ -267,6 +271,20 @@ struct Connection {
     /// Messages refused by the limiter since `refused_since` (a window of `REFUSAL_WINDOW`).
     refused: u32,
     refused_since: Option<Instant>,
+    /// Calls and publications waiting for a backend; made at the first one (an idle session
+    /// pays a pointer).
+    calls: Option<Box<Calls>>,
+}
+
+/// The next answer of a call, or never when there is none.
+async fn next_answer(calls: &mut Option<Box<Calls>>) -> ByteString {
+    match calls {
+        Some(calls) if calls.in_flight > 0 => match calls.inbox.recv().await {
+            Some(answer) => answer,
+            None => std::future::pending().await,
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// A session refused more than `CLIENT_MESSAGES_BURST` messages within this window is closed
@@ -304,7 +322,7 @@ impl Connection {
     /// The `connected` message; records a cursor-less session.
     fn hello(&mut self) -> ByteString {
         self.slot.stats = Some(self.state.stats.clone());
-        let connection_id = uuid::Uuid::new_v4().to_string();
+        let connection_id = self.slot.slot.session();
         let now = now_rfc3339();
         let cursor = self.feed.cursor(&self.state.router);
         let hello = ServerMessage::Connected {
@@ -484,6 +502,14 @@ impl Connection {
                         None => return End::Gone,
                     }
                 }
+                answer = next_answer(&mut self.calls) => {
+                    if let Some(calls) = self.calls.as_mut() {
+                        calls.in_flight -= 1;
+                    }
+                    if let Err(end) = self.write(answer).await {
+                        return end;
+                    }
+                }
                 () = &mut timer => {
                     let now = Instant::now();
                     if now >= expiry {
@@ -607,8 +633,11 @@ impl Connection {
                         return self.write(reply).await.err();
                     }
                 }
-                let reply = self.reply_to(&text);
-                self.write(reply).await.err()
+                match self.reply_to(&text) {
+                    Some(reply) => self.write(reply).await.err(),
+                    // Answered later, when the backend has.
+                    None => None,
+                }
             }
             AggregatedMessage::Binary(_) => Some(End::Close(
                 close::UNSUPPORTED_DATA,
@@ -652,21 +681,38 @@ fn write_timed_out() -> End {
 }
 
 impl Connection {
-    /// The answer to a client text message (each one gets exactly one).
-    fn reply_to(&mut self, text: &str) -> ByteString {
+    /// The answer to a client text message (each one gets exactly one): now, or `None` when a
+    /// backend is asked and its answer will come through the session's calls.
+    fn reply_to(&mut self, text: &str) -> Option<ByteString> {
         let envelope: ClientEnvelope<'_> = match serde_json::from_str(text) {
             Ok(envelope) => envelope,
             Err(e) if e.is_syntax() || e.is_eof() => {
-                return error("invalid_json", "message is not valid JSON")
+                return Some(error("invalid_json", "message is not valid JSON"))
             }
             Err(_) => {
-                return error(
+                return Some(error(
                     "invalid_message",
                     "message must be a JSON object with a string `type` (and, for rooms, a string \
-                     `room`; for filters, a list of strings `event_types`)",
-                )
+                     `room`; for filters, a list of strings `event_types`; for rpc, a string \
+                     `method`; for publish, a string `room` and an object `data`)",
+                ))
             }
         };
+        match envelope.kind.as_ref() {
+            "rpc" => self.rpc(&envelope),
+            "publish" => self.publish(&envelope),
+            other => match self.state.upstream.routes().legacy(other) {
+                Some(legacy) => {
+                    let legacy = legacy.clone();
+                    self.legacy(&legacy, text)
+                }
+                None => Some(self.reply_now(envelope)),
+            },
+        }
+    }
+
+    /// The messages answered at once.
+    fn reply_now(&mut self, envelope: ClientEnvelope<'_>) -> ByteString {
         match envelope.kind.as_ref() {
             "ping" => {
                 let cursor = self.feed.cursor(&self.state.router);
@@ -864,7 +910,12 @@ impl Connection {
 }
 
 fn error(code: &str, message: &str) -> ByteString {
-    ServerMessage::Error { code, message }.to_text()
+    ServerMessage::Error {
+        code,
+        message,
+        id: None,
+    }
+    .to_text()
 }
 
 fn protocol_error(error: ProtocolError) -> End {

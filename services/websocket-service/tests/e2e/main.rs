@@ -14,3 +14,4 @@ mod resume;
 mod seeds;
 mod spine;
 mod state;
+mod upstream;
