@@ -17,12 +17,15 @@
 //! - `presence`, `revoke`, `revcheck`: what replicas decide together through the control topic
 //!   (`cluster.rs`).
 //! - `state`: state events with slow and fast readers (`state.rs`).
+//! - `rpc`, `publish`: clients to backends: RPC round trips through an HTTP and a Kafka backend
+//!   at 1,000 and 10,000 calls/s, and a client's room publication to 1,000 members
+//!   (`upstream.rs`).
 //!
 //! Events carry their publish time; latency is publish-to-deliver on the client. The load
 //! generator, the broker and the server share the machine.
 //!
 //! Knobs (environment): BENCH_WORKLOADS
-//! (user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state),
+//! (user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state,rpc,publish),
 //! BENCH_CONNECTIONS (10000),
 //! BENCH_USERS (100), BENCH_ROOMS (100), BENCH_RATE (user and rooms events/s, 200),
 //! BENCH_BROADCAST_RATE (10), BENCH_SECONDS (10; 0 = connections and memory only),
@@ -34,6 +37,8 @@
 //! BENCH_REVOKE_SESSIONS (1000), BENCH_REVCHECK_CONNECTIONS (5000), BENCH_REVOCATIONS (10000),
 //! BENCH_STATE_KEYS (50), BENCH_STATE_RATE (changes per key per second, 100), BENCH_STATE_SLOW
 //! (1000), BENCH_STATE_FAST (10), BENCH_STATE_SLOW_MS (100),
+//! BENCH_RPC_SESSIONS (200), BENCH_RPC_SECONDS (5), BENCH_PUBLISH_MEMBERS (1000),
+//! BENCH_PUBLISH_RATE (20),
 //! BENCH_SERVER_ENV (settings for every server started:
 //! `KEY=value,KEY=value`).
 
@@ -41,6 +46,7 @@ mod cluster;
 mod fanout;
 mod recovery;
 mod state;
+mod upstream;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -533,8 +539,9 @@ async fn main() {
         fetch_wait: knob("BENCH_FETCH_WAIT_MS", 5),
         concurrency: knob("BENCH_CONNECT_CONCURRENCY", 128) as usize,
     };
-    let workloads = std::env::var("BENCH_WORKLOADS")
-        .unwrap_or("user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state".into());
+    let workloads = std::env::var("BENCH_WORKLOADS").unwrap_or(
+        "user,rooms,broadcast,skip,resume,connect,seedkill,presence,revoke,revcheck,state,rpc,publish".into(),
+    );
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "websocket-service benchmark ({cores} cores; load generator, broker and server on this machine)"
@@ -581,6 +588,11 @@ async fn main() {
                 state::state(&cfg).await;
                 None
             }
+            "rpc" => {
+                upstream::rpc(&cfg).await;
+                None
+            }
+            "publish" => upstream::publish(&cfg).await,
             other => panic!("unknown workload {other}"),
         };
         all.extend(figures);

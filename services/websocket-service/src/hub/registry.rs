@@ -1296,4 +1296,51 @@ mod tests {
         r.leave(s.id(), "a");
         assert!(r.join(s.id(), "c", 2).is_ok());
     }
+
+    /// A session is addressed by its public id alone; a client publication reaches the room's
+    /// other sessions (the publisher's other tabs too) but not the publishing session; an
+    /// ephemeral one is never offered from the history.
+    #[test]
+    fn sessions_are_addressed_by_id_and_publications_skip_their_sender() {
+        let r = registry(10, 10, 8);
+        let a1 = r.admit(Profile::user("alice")).unwrap();
+        let a2 = r.admit(Profile::user("alice")).unwrap();
+        let b = r.admit(Profile::user("bob")).unwrap();
+        assert_ne!(a1.session(), a2.session());
+        let drain = |slot: &Slot| {
+            let mut n = 0;
+            while slot.mailbox().pop().is_some() {
+                n += 1;
+            }
+            n
+        };
+        let to_session = Audience {
+            session: Some(a2.session()),
+            ..Default::default()
+        };
+        r.deliver(&ev(&to_session, "nudge"), msg);
+        assert_eq!((drain(&a1), drain(&a2), drain(&b)), (0, 1, 0));
+        let unknown = Audience {
+            session: Some(uuid::Uuid::new_v4().to_string()),
+            ..Default::default()
+        };
+        assert_eq!(r.deliver(&ev(&unknown, "nudge"), msg).queued, 0);
+        for slot in [&a1, &a2, &b] {
+            r.join(slot.id(), "typing:1", 10).unwrap();
+        }
+        let publication = |ephemeral: bool| {
+            let json = serde_json::json!({"event_type": "typing", "data": {}, "to": {"room": "typing:1"},
+                "from": {"user": "alice", "session": a1.session()}, "ephemeral": ephemeral});
+            let event = task_events::Event::from_json(json.to_string().as_bytes()).unwrap();
+            Arc::new(Entry::new(7, None, 0, event, "id".into(), "t".into()))
+        };
+        r.deliver(&publication(false), msg);
+        assert_eq!((drain(&a1), drain(&a2), drain(&b)), (0, 1, 1));
+        // From the history (a resume, a catch-up): the same audience, and never an ephemeral one.
+        assert!(r.offer_one(a1.id(), &publication(false)).is_none());
+        assert!(r.offer_one(b.id(), &publication(false)).is_some());
+        assert!(r.offer_one(b.id(), &publication(true)).is_none());
+        assert!(r.offer_one(a2.id(), &ev(&to_session, "nudge")).is_some());
+        assert!(r.offer_one(a1.id(), &ev(&to_session, "nudge")).is_none());
+    }
 }

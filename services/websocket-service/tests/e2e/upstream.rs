@@ -180,6 +180,7 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
     set(&mut env, "RPC_TIMEOUT_MS", "700");
     set(&mut env, "RPC_MAX_IN_FLIGHT", "2");
     set(&mut env, "BACKEND_TOKEN", BACKEND_TOKEN);
+    set(&mut env, "SERVER_API_KEY", crate::audiences::API_KEY);
     let gw = TestGateway::start(env).await;
     gw.wait_ready().await;
     let token = token_claims("alice", json!({"roles": ["agent"]}));
@@ -205,6 +206,19 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
     assert_eq!(got["method"], "echo.who");
     assert_eq!(got["authorization_header"], format!("bearer {BACKEND_TOKEN}"));
     assert_ne!(caller.hello["connection_id"], other_tab.hello["connection_id"]);
+    other_tab.assert_nothing_pending().await;
+
+    // A backend addresses one session (not the user's other tab) by its connection_id.
+    let nudge =
+        json!({"event_type": "nudge", "data": {"n": 1}, "to": {"session": caller.hello["connection_id"]}});
+    let (status, body) = gw.publish(crate::audiences::API_KEY, &nudge).await;
+    assert_eq!(status, 202, "{body}");
+    let got = caller.recv().await;
+    assert_eq!(
+        (got["type"].as_str(), &got["data"]),
+        (Some("nudge"), &json!({"n": 1})),
+        "{got}"
+    );
     other_tab.assert_nothing_pending().await;
 
     // Each failure has its own code; a number id comes back as a number.
