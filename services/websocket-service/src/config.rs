@@ -853,7 +853,8 @@ impl Settings {
         {
             return fail("BACKEND_TOKEN is shorter than 16 bytes; use a longer random token");
         }
-        if u.backend_client_cert_file.is_some() != u.backend_client_key_file.is_some() {
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|p| !p.is_empty());
+        if set(&u.backend_client_cert_file) != set(&u.backend_client_key_file) {
             return fail("BACKEND_CLIENT_CERT_FILE and BACKEND_CLIENT_KEY_FILE go together");
         }
         within(

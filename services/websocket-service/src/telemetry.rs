@@ -168,7 +168,7 @@ impl Default for Metrics {
             rpc_calls: Family::default(),
             rpc_duration: Family::new_with_constructor(|| {
                 Histogram::new([
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                 ])
             }),
             rpc_replies: Family::default(),
@@ -547,11 +547,15 @@ impl Stats {
         self.metrics.disconnected_sessions.inc_by(count as u64);
     }
 
-    /// A rate limit hit: `message` (a client message refused), `message_close` (a session
-    /// closed for it) or `connect`.
-    /// An RPC call ended: `backend` (`http`, `kafka`, `none`) and its result (`ok` or the
-    /// error code the client got).
+    /// An RPC call ended: `backend` (`http`, `kafka`, `none` for one refused before any backend
+    /// was asked) and its result: `ok`, the gateway's error code, or `backend_code` for a code
+    /// of the backend's own (not a label value: their number is unbounded).
     pub fn rpc_call(&self, backend: &str, result: &str, took: std::time::Duration) {
+        let result = if result == "ok" || crate::upstream::GATEWAY_CODES.contains(&result) {
+            result
+        } else {
+            "backend_code"
+        };
         self.metrics
             .rpc_calls
             .get_or_create(&RpcLabels {
@@ -595,6 +599,8 @@ impl Stats {
             .inc();
     }
 
+    /// A rate limit hit: `message` (a client message refused), `message_close` (a session
+    /// closed for it), `publish` or `connect`.
     pub fn rate_limited(&self, kind: &str) {
         self.metrics
             .rate_limited

@@ -35,7 +35,8 @@ pub enum Answer {
 #[derive(Deserialize)]
 struct Reply {
     request_id: String,
-    #[serde(default)]
+    /// Present even as `null` (a result may be null).
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     #[serde(default)]
     error: Option<ReplyError>,
@@ -46,6 +47,10 @@ pub struct ReplyError {
     pub code: String,
     #[serde(default)]
     pub message: String,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// What became of an answer read from the log.
@@ -94,7 +99,7 @@ impl Replies {
             return Taken::Malformed;
         };
         let answer = match (event_type, reply.data, reply.error) {
-            (ERROR, _, Some(e)) => Answer::Error {
+            (ERROR, _, Some(e)) if !e.code.is_empty() => Answer::Error {
                 code: e.code.chars().take(64).collect(),
                 message: e.message.chars().take(1024).collect(),
             },
@@ -157,5 +162,14 @@ mod tests {
         let _rx = replies.wait("r3", 1);
         replies.forget("r3");
         assert!(replies.is_empty());
+        // A null result is a result; an error without a code is not an error.
+        let mut rx = replies.wait("r4", 1);
+        let empty_code = raw(r#"{"request_id":"r4","error":{"code":"","message":"?"}}"#);
+        assert_eq!(replies.take(ERROR, 1, &empty_code), Taken::Malformed);
+        assert_eq!(
+            replies.take(RESULT, 1, &raw(r#"{"request_id":"r4","data":null}"#)),
+            Taken::Answered
+        );
+        assert!(matches!(rx.try_recv().unwrap(), Answer::Result(data) if data.get() == "null"));
     }
 }

@@ -165,7 +165,10 @@ impl Router {
 
     fn route_as(&self, event: Event, origin: Origin<'_>, deliver: bool) -> Routed {
         if let Some(taken) = self.take_reply(&event) {
-            self.stats.rpc_reply(taken);
+            // Answers read back at start have no call waiting: not worth counting.
+            if deliver {
+                self.stats.rpc_reply(taken);
+            }
             if let Some((p, offset)) = position(&origin) {
                 let mut core = self.core.lock();
                 core.frontier.advance(p, offset);

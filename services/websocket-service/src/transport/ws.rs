@@ -626,7 +626,8 @@ impl Connection {
                                 "rate limited: too many messages".into(),
                             ));
                         }
-                        let reply = error(
+                        let reply = calls::refused(
+                            &text,
                             "rate_limited",
                             "too many messages (CLIENT_MESSAGES_PER_SEC): this one was not handled",
                         );
@@ -694,7 +695,7 @@ impl Connection {
                     "invalid_message",
                     "message must be a JSON object with a string `type` (and, for rooms, a string \
                      `room`; for filters, a list of strings `event_types`; for rpc, a string \
-                     `method`; for publish, a string `room` and an object `data`)",
+                     `method`; for publish, a string `room` and `data`)",
                 ))
             }
         };

@@ -57,6 +57,21 @@ pub const RESERVED_TYPES: &[&str] = &[
     "user.offline",
 ];
 
+/// The error codes the gateway itself gives (a backend may give others).
+pub const GATEWAY_CODES: &[&str] = &[
+    "unknown_method",
+    "invalid_request",
+    "request_too_large",
+    "forbidden",
+    "too_many_requests",
+    "rate_limited",
+    "timeout",
+    "backend_unavailable",
+    "backend_error",
+    "response_too_large",
+    "unavailable",
+];
+
 /// Why a call or a publication failed: the code the client gets (`rpc_error.error.code`, or
 /// `error.code` for a publication), and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,9 +165,10 @@ impl Upstream {
                 http = http.add_root_certificate(cert);
             }
         }
-        if let (Some(cert), Some(key)) = (&u.backend_client_cert_file, &u.backend_client_key_file) {
+        let set = |v: &Option<String>| v.clone().filter(|p| !p.is_empty());
+        if let (Some(cert), Some(key)) = (set(&u.backend_client_cert_file), set(&u.backend_client_key_file)) {
             let read = |p: &str| std::fs::read(p).map_err(|e| anyhow::anyhow!("{p}: {e}"));
-            http = http.identity(reqwest::Identity::from_pkcs8_pem(&read(cert)?, &read(key)?)?);
+            http = http.identity(reqwest::Identity::from_pkcs8_pem(&read(&cert)?, &read(&key)?)?);
         }
         let kafka = settings.kafka_enabled() && (routes.uses_kafka() || routes.publishes());
         let producer = if kafka {

@@ -157,9 +157,12 @@ impl Routes {
                     "RPC_LEGACY_TYPES: {entry:?} has an empty or invalid name"
                 )));
             }
-            if crate::upstream::RESERVED_TYPES.contains(&client_type) {
+            if let Some(t) = [client_type, answer_type]
+                .into_iter()
+                .find(|t| crate::upstream::RESERVED_TYPES.contains(t))
+            {
                 return Err(ConfigError::new(format!(
-                    "RPC_LEGACY_TYPES: {client_type:?} is a message type of the protocol itself"
+                    "RPC_LEGACY_TYPES: {t:?} is a message type of the protocol itself"
                 )));
             }
             routes.legacy.push(Legacy {
@@ -200,6 +203,14 @@ impl Routes {
                         "CLIENT_PUBLISH_ROOMS: no RPC_ROUTES entry answers method {method:?}"
                     )));
                 }
+            }
+        }
+        for legacy in &routes.legacy {
+            if routes.backend(&legacy.method).is_none() {
+                return Err(ConfigError::new(format!(
+                    "RPC_LEGACY_TYPES: no RPC_ROUTES entry answers method {:?}",
+                    legacy.method
+                )));
             }
         }
         Ok(routes)
@@ -314,7 +325,9 @@ mod tests {
                 vec![],
                 "RPC_LEGACY_TYPES",
             ),
-            (vec![], vec!["ping=a:b"], vec![], "RPC_LEGACY_TYPES"),
+            (vec!["a=http://a"], vec!["ping=a:b"], vec![], "RPC_LEGACY_TYPES"),
+            (vec!["a=http://a"], vec!["x=a:error"], vec![], "RPC_LEGACY_TYPES"),
+            (vec![], vec!["x=unrouted:y"], vec![], "RPC_LEGACY_TYPES"),
             (vec![], vec![], vec!["r=maybe"], "CLIENT_PUBLISH_ROOMS"),
             (vec![], vec![], vec!["r=rpc:unrouted"], "CLIENT_PUBLISH_ROOMS"),
             (vec![], vec![], vec!["bad room=members"], "CLIENT_PUBLISH_ROOMS"),
@@ -322,7 +335,12 @@ mod tests {
             let error = Routes::parse(&list(&rpc), &list(&legacy), &list(&publish)).unwrap_err();
             assert!(error.to_string().contains(needle), "{error}");
         }
-        let legacy = Routes::parse(&[], &list(&["request_metrics=metrics.get:metrics"]), &[]).unwrap();
+        let legacy = Routes::parse(
+            &list(&["metrics.*=http://m"]),
+            &list(&["request_metrics=metrics.get:metrics"]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             legacy.legacy("request_metrics").map(|l| l.answer_type.as_str()),
             Some("metrics")

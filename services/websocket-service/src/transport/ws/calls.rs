@@ -51,6 +51,19 @@ fn error_with_id(code: &str, message: &str, id: Option<&RawValue>) -> ByteString
 
 const NULL: &str = "null";
 
+/// The answer to a message refused before it was read (the session's message rate): an `rpc`
+/// still gets its `rpc_error` and a `publish` its `error` with its `id`, so a client can tell
+/// which one failed.
+pub(super) fn refused(text: &str, code: &str, message: &str) -> ByteString {
+    let envelope = serde_json::from_str::<ClientEnvelope<'_>>(text).ok();
+    let id = envelope.as_ref().and_then(|e| e.id.filter(|id| valid_id(id)));
+    match (envelope.as_ref().map(|e| e.kind.as_ref()), id) {
+        (Some("rpc"), Some(id)) => rpc_error(id, &Failure::new(code, message)),
+        (Some("publish"), id) => error_with_id(code, message, id),
+        _ => error(code, message),
+    }
+}
+
 impl Connection {
     /// Who calls, from the verified token; `None` for an anonymous session (it calls nothing).
     fn caller(&self) -> Option<Caller> {
@@ -103,7 +116,11 @@ impl Connection {
                 "rpc needs an `id`: a string or a number, at most 128 characters",
             ));
         };
-        let fail = |code: &str, message: &str| Some(rpc_error(id, &Failure::new(code, message)));
+        let stats = self.state.stats.clone();
+        let fail = |code: &str, message: &str| {
+            stats.rpc_call("none", code, Default::default());
+            Some(rpc_error(id, &Failure::new(code, message)))
+        };
         let Some(method) = envelope.method.as_deref().filter(|m| valid_method(m)) else {
             return fail(
                 "invalid_request",
@@ -121,14 +138,11 @@ impl Connection {
             return fail("forbidden", "an anonymous session cannot call backends");
         };
         if self.state.upstream.routes().backend(method).is_none() {
-            self.state
-                .stats
-                .rpc_call("none", "unknown_method", Default::default());
             return fail("unknown_method", "no backend answers this method");
         }
         let answers = match self.reserve() {
             Ok(answers) => answers,
-            Err(failure) => return Some(rpc_error(id, &failure)),
+            Err(failure) => return fail(&failure.code, &failure.message),
         };
         let upstream = self.state.upstream.clone();
         let (id, method) = (id.to_owned(), method.to_string());
@@ -309,4 +323,37 @@ async fn publish(
             })?;
     }
     upstream.publish(caller, room, event_type, data, ephemeral).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_rpc_or_publish_is_answered_with_its_id() {
+        let v = |b: ByteString| serde_json::from_str::<serde_json::Value>(&b).unwrap();
+        let rpc = v(refused(
+            r#"{"type":"rpc","id":7,"method":"m"}"#,
+            "rate_limited",
+            "slow down",
+        ));
+        assert_eq!(rpc["type"], "rpc_error");
+        assert_eq!(
+            (rpc["id"].as_u64(), rpc["error"]["code"].as_str()),
+            (Some(7), Some("rate_limited"))
+        );
+        let publish = v(refused(
+            r#"{"type":"publish","id":"p","room":"r"}"#,
+            "rate_limited",
+            "x",
+        ));
+        assert_eq!(
+            (publish["type"].as_str(), publish["id"].as_str()),
+            (Some("error"), Some("p"))
+        );
+        let other = v(refused(r#"{"type":"ping"}"#, "rate_limited", "x"));
+        assert_eq!((other["type"].as_str(), other.get("id")), (Some("error"), None));
+        let garbage = v(refused("not json", "rate_limited", "x"));
+        assert_eq!(garbage["code"], "rate_limited");
+    }
 }
