@@ -49,6 +49,11 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         request.since = Some(last.to_string());
     }
     let named = admission::query_param(&req, "named").is_some_and(|v| v == "1" || v == "true");
+    // A client that passes `since` in the query manages its own reconnects (our browser client
+    // closes the stream and reconnects with its last cursor): it needs the position as a message
+    // its script can read, not only as an `id:` line. A plain `EventSource` resuming with
+    // `Last-Event-ID` alone does not get it.
+    let heartbeats = admission::query_param(&req, "since").is_some();
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         state.stats.connection_rejected("draining");
         return retry_later(sse.retry_ms, "server shutting down");
@@ -65,6 +70,7 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
     let session = SseSession {
         tx,
         named,
+        heartbeats,
         state: state.clone(),
         admitted,
     };
@@ -110,6 +116,8 @@ fn refusal(refused: admission::Refused, retry_ms: u64) -> HttpResponse {
 struct SseSession {
     tx: mpsc::Sender<Bytes>,
     named: bool,
+    /// Heartbeats also as `heartbeat` JSON messages (`since` in the query).
+    heartbeats: bool,
     state: Arc<AppState>,
     admitted: Admitted,
 }
@@ -261,7 +269,16 @@ impl SseSession {
                     }
                     if now >= next_beat && pending.is_none() {
                         let cursor = self.admitted.feed.cursor(&router);
-                        let beat = Bytes::from(format!(": heartbeat\nid: {cursor}\n\n"));
+                        let beat = if self.heartbeats {
+                            let json = ServerMessage::Heartbeat {
+                                cursor: &cursor,
+                                server_time: &now_rfc3339(),
+                            }
+                            .to_text();
+                            frame(&cursor, self.named.then_some("heartbeat"), &json)
+                        } else {
+                            Bytes::from(format!(": heartbeat\nid: {cursor}\n\n"))
+                        };
                         if self.tx.send(beat).now_or_never().is_some_and(|r| r.is_err()) {
                             return;
                         }

@@ -557,3 +557,28 @@ async fn a_burst_reaches_a_fast_reader_while_a_stalled_one_costs_little() {
     eprintln!("burst: 20000 x 8 KiB read in {elapsed:?}, peak RSS {peak} MiB");
     assert!(peak < 256, "peak RSS {peak} MiB");
 }
+
+/// SSE heartbeats: a client that passes `since` in the query (our browser client, which handles
+/// its own reconnects) gets them as `heartbeat` messages carrying the cursor; a plain
+/// `EventSource` (no `since`) gets only the comment and the `id:` line, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_heartbeats_are_messages_for_clients_that_pass_since() {
+    let topic = create_topic(&brokers(), 1).await;
+    let mut env = env_on(&topic);
+    set(&mut env, "SSE_HEARTBEAT_SECS", "1");
+    let gw = TestGateway::start(env).await;
+    gw.wait_ready().await;
+    let url = |extra: &str| format!("http://{}/events?token={}{extra}", gw.addr, resume_token());
+    let mut with_since = Box::pin(sse(&url("&since="), None).await);
+    let (_, hello) = next_sse(&mut with_since).await;
+    assert_eq!(hello["type"], "connected");
+    let (event, beat) = next_sse(&mut with_since).await;
+    assert_eq!(beat["type"], "heartbeat", "{beat}");
+    assert_eq!(event.id, beat["cursor"].as_str().unwrap());
+    let mut plain = Box::pin(sse(&url(""), None).await);
+    let (_, hello) = next_sse(&mut plain).await;
+    assert_eq!(hello["type"], "connected");
+    let nothing = tokio::time::timeout(Duration::from_millis(2500), plain.next()).await;
+    assert!(nothing.is_err(), "no message, only comments: {nothing:?}");
+    gw.stop().await;
+}
