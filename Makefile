@@ -19,9 +19,11 @@ check-deploy: ## Validate Dockerfile (hadolint), docker-compose.yml (Compose), k
 	scripts/check-deploy-image.sh
 	scripts/check-k8s.sh
 
-lint: ## Check formatting and run clippy with warnings as errors
+lint: ## Check formatting, clippy with warnings as errors, and the browser client's lint and types
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	scripts/install-js.sh
+	cd clients/js && npm run --silent lint
 
 # The benchmark opens many sockets at once; fall back to the hard limit
 # where 65536 is not allowed.
