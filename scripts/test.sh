@@ -22,6 +22,7 @@ cargo build -p websocket-service -p publisher --bins 2>&1 | tail -n 1
 (
     cd "$ROOT/clients/js"
     npm run --silent build
+    npm run --silent build:e2e
     npm run --silent size
     npm test -- --test-reporter=tap
     GATEWAY_BIN="$ROOT/target/debug/websocket-service" \

@@ -71,6 +71,18 @@ async function handle(req, res) {
     return send(res, 200, await readFile(join(here, '..', 'e2e', 'fixture.html')), types['.html']);
   }
 
+  // The browser tests' React page (e2e/react.html) and its bundle, built by `npm run build:e2e`.
+  if (req.method === 'GET' && path === '/e2e/react.html') {
+    return send(res, 200, await readFile(join(here, '..', 'e2e', 'react.html')), types['.html']);
+  }
+  if (req.method === 'GET' && path === '/e2e/react-app.js') {
+    try {
+      return send(res, 200, await readFile(join(here, '..', '.e2e-build', 'react-app.js')), types['.js']);
+    } catch {
+      return send(res, 404, { error: 'not found: run `npm run build:e2e` first' });
+    }
+  }
+
   if (req.method === 'GET' && path.startsWith('/dist/')) {
     const file = normalize(join(dist, decodeURIComponent(path.slice('/dist/'.length))));
     if (!file.startsWith(dist + sep)) return send(res, 404, { error: 'not found' });

@@ -162,6 +162,15 @@ function publishToKafka(topic, user, type, data) {
   });
 }
 
+/** The users the gateway lists online (no workspace), from its internal presence API. */
+async function online() {
+  const answer = await fetch(`http://127.0.0.1:${internalPort}/api/presence`, {
+    headers: { authorization: `Bearer ${API_KEY}` },
+  });
+  assert.equal(answer.status, 200, await answer.clone().text());
+  return (await answer.json()).users;
+}
+
 const topicName = (name) => `browser-${name}-${Date.now()}-${Math.floor(Math.random() * 1e6)}`;
 
 let browser;
@@ -286,6 +295,39 @@ describe('browser client', { concurrency: false }, () => {
     assert.deepEqual(ns, [0, 1, 2, 3, 4, 5, 6], 'every event once, in order');
     const connects = await page.evaluate(() => window.states.filter((s) => s === 'connected').length);
     assert.ok(connects >= 2, 'it reconnected');
+    await page.close();
+  });
+
+  test('the React hooks connect, render state and events, and disconnect on unmount', async () => {
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`${base}/e2e/react.html?user=frank`);
+    await page.waitForFunction(
+      () =>
+        document.querySelector('#react-state')?.textContent === 'connected' &&
+        document.querySelector('#react-state-2')?.textContent === 'connected',
+      null,
+      { timeout: WAIT },
+    );
+    await until('frank to be online', async () => (await online()).includes('frank'));
+    await publishToKafka(topic, 'frank', 'react.test', { n: 1 });
+    await page.waitForFunction(() => document.querySelector('#react-events')?.textContent === '1', null, {
+      timeout: WAIT,
+    });
+    await page.click('#unmount');
+    await page.waitForSelector('#unmounted', { timeout: WAIT });
+    assert.equal(await page.evaluate(() => window.reactClient.state), 'disconnected');
+    // The gateway saw the session end: frank goes offline (after the presence grace).
+    await until('frank to be offline', async () => !(await online()).includes('frank'));
+    await publishToKafka(topic, 'frank', 'react.test', { n: 2 });
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(await page.evaluate(() => window.reactClient.state), 'disconnected');
+    assert.equal(await page.$('#react-events'), null, 'nothing rendered after unmount');
+    const states = await page.evaluate(() => window.reactStates);
+    assert.equal(states[0], 'disconnected');
+    assert.ok(states.includes('connected'), JSON.stringify(states));
+    assert.deepEqual(errors, []);
     await page.close();
   });
 });
