@@ -91,6 +91,8 @@ async function gateway({ topic, port, internalPort, extra = {} }) {
       KAFKA_METADATA_REFRESH_SECS: '1',
       RDKAFKA_FETCH_WAIT_MAX_MS: '10',
       PRESENCE_ENABLED: 'true',
+      ROOMS_PUBLIC: 'chat:*',
+      CLIENT_PUBLISH_ROOMS: 'chat:*=members',
       CORS_ORIGINS: '*',
       RUST_LOG: 'warn',
       ...extra,
@@ -266,6 +268,41 @@ describe('browser client', { concurrency: false }, () => {
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(await page.evaluate(() => window.stuck.client.state), 'disconnected');
     await page.close();
+  });
+
+  test('rpc and publish through the gateway: a publication reaches the other member, an unknown method is refused', async () => {
+    const [gina, hank] = [await clientPage('gina'), await clientPage('hank')];
+    for (const page of [gina, hank]) {
+      await page.evaluate(() => window.mk({ rooms: ['chat:1'] }));
+      await page.waitForFunction(() => window.states.includes('connected'), null, { timeout: WAIT });
+    }
+    const sent = await gina.evaluate(() =>
+      window.client.publish('chat:1', { text: 'hi hank' }, { eventType: 'chat.message' }),
+    );
+    assert.ok(sent.eventId, JSON.stringify(sent));
+    await hank.waitForFunction(() => window.got.some((m) => m.type === 'chat.message'), null, { timeout: WAIT });
+    const got = await hank.evaluate(() => window.got.find((m) => m.type === 'chat.message'));
+    assert.deepEqual([got.from.user, got.data.text, got.id], ['gina', 'hi hank', sent.eventId]);
+    const refused = await gina.evaluate(() =>
+      window.client.publish('lobby', {}).then(
+        () => 'published',
+        (e) => e.code,
+      ),
+    );
+    assert.equal(refused, 'forbidden');
+    const rpc = await gina.evaluate(() =>
+      window.client.rpc('nobody.home', {}).then(
+        () => 'answered',
+        (e) => e.code,
+      ),
+    );
+    assert.equal(rpc, 'unknown_method');
+    assert.ok(
+      !(await gina.evaluate(() => window.got.some((m) => m.type === 'chat.message'))),
+      'not back to the sender',
+    );
+    await gina.close();
+    await hank.close();
   });
 
   test('falls back to SSE when WebSocket is refused', async () => {
