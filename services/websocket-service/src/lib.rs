@@ -37,6 +37,9 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+/// Entry points for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod hub;

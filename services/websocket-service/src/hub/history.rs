@@ -265,7 +265,7 @@ impl History {
                     if let Some(list) = inner.by_partition.get_mut(&p) {
                         list.pop_front();
                     }
-                    inner.covered_from.insert(p, offset + 1);
+                    inner.covered_from.insert(p, offset.saturating_add(1));
                     inner.base.advance(p, offset);
                 }
                 None => {

@@ -79,21 +79,74 @@ pub async fn deliver(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
     }
     let origin = origin_from(req.headers());
     note_keyless(&state, req.headers());
-    let Ok(probe) = serde_json::from_slice::<Probe<'_>>(&body) else {
-        state.stats.event_malformed(&origin, &"body is not a JSON object");
-        return status(&state, DROP);
+    let mut router = Routing(&state);
+    match answer(&body, origin, &mut router) {
+        Answer::Bulk(answers) => {
+            let statuses: Vec<Value> = answers.into_iter().flatten().collect();
+            HttpResponse::Ok().json(json!({ "statuses": statuses }))
+        }
+        Answer::One(answer) => status(&state, answer),
+    }
+}
+
+/// The gateway's side of a delivery: its router, its counters.
+struct Routing<'s>(&'s AppState);
+
+impl Deliver for Routing<'_> {
+    fn route(&mut self, bytes: &[u8], origin: Origin<'_>) -> &'static str {
+        match self.0.router.route_bytes(bytes, origin) {
+            Ok(_) => SUCCESS,
+            Err(_) => DROP,
+        }
+    }
+
+    fn malformed(&mut self, origin: &Origin<'_>, reason: &dyn std::fmt::Display) {
+        self.0.stats.event_malformed(origin, reason);
+    }
+
+    fn answered(&mut self, answer: &'static str) {
+        count(self.0, answer);
+    }
+}
+
+/// Where a delivery's records go once its body is read: the router in the gateway, a decoder
+/// in tests and fuzz targets. Keeps the reading of bodies free of the gateway's state.
+pub(crate) trait Deliver {
+    /// Routes one record value; `SUCCESS` or `DROP`.
+    fn route(&mut self, bytes: &[u8], origin: Origin<'_>) -> &'static str;
+    /// Counts a body, entry or record that is not an event.
+    fn malformed(&mut self, origin: &Origin<'_>, reason: &dyn std::fmt::Display);
+    /// Counts a bulk entry's answer (a single delivery's is counted by the caller).
+    fn answered(&mut self, _answer: &'static str) {}
+}
+
+/// What a delivery is answered with.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A single delivery: `{"status": ..}`.
+    One(&'static str),
+    /// A bulk delivery: per entry, in order, its `{"entryId": .., "status": ..}`, or `None` for
+    /// an entry that cannot be answered (not an object, or no `entryId`).
+    Bulk(Vec<Option<Value>>),
+}
+
+/// Reads a delivery body (a CloudEvent, a raw payload, a bare envelope or a bulk delivery) and
+/// hands each record it holds to `to`.
+pub(crate) fn answer(body: &[u8], origin: Origin<'_>, to: &mut impl Deliver) -> Answer {
+    let Ok(probe) = serde_json::from_slice::<Probe<'_>>(body) else {
+        to.malformed(&origin, &"body is not a JSON object");
+        return Answer::One(DROP);
     };
     if probe.kind.as_deref() == Some(BULK_TYPE) {
         if let Some(entries) = probe.entries {
-            return bulk(&state, entries);
+            return Answer::Bulk(entries.into_iter().map(|raw| bulk_entry(raw, to)).collect());
         }
     }
-    let answer = match probe.data_base64 {
+    Answer::One(match probe.data_base64 {
         // Raw payload: the record bytes themselves, base64-encoded.
-        Some(encoded) if probe.data.is_none() => route_raw(&state, &encoded, origin),
-        _ => route_json(&state, &body, origin),
-    };
-    status(&state, answer)
+        Some(encoded) if probe.data.is_none() => route_raw(to, &encoded, origin),
+        _ => to.route(body, origin),
+    })
 }
 
 const BULK_TYPE: &str = "com.dapr.event.sent.bulk";
@@ -185,65 +238,45 @@ struct BulkEntry<'a> {
     metadata: Value,
 }
 
-fn bulk(state: &AppState, entries: Vec<&RawValue>) -> HttpResponse {
-    let mut statuses = Vec::with_capacity(entries.len());
-    for raw in entries {
-        let Ok(entry) = serde_json::from_str::<BulkEntry<'_>>(raw.get()) else {
-            // Not an object: there is no id to answer, and the sidecar retries what it gets no
-            // answer for. A real sidecar never sends this.
-            state
-                .stats
-                .event_malformed(&Origin::dapr_unknown(), &"bulk entry is not an object");
-            continue;
-        };
-        let Some(entry_id) = entry.entry_id.filter(|id| id.get() != "null") else {
-            state
-                .stats
-                .event_malformed(&Origin::dapr_unknown(), &"bulk entry without an entryId");
-            continue;
-        };
-        let origin = origin_from_metadata(&entry.metadata);
-        let answer = if !entry_id.get().starts_with('"') {
-            // Dapr's entry ids are strings; answer the odd one with its id as given.
-            state
-                .stats
-                .event_malformed(&origin, &"bulk entryId is not a string");
-            DROP
-        } else {
-            match entry.event.map(RawValue::get) {
-                Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
-                    Ok(encoded) => route_raw(state, &encoded, origin),
-                    Err(_) => DROP,
-                },
-                Some(raw) if raw.starts_with('{') => route_json(state, raw.as_bytes(), origin),
-                _ => {
-                    state
-                        .stats
-                        .event_malformed(&origin, &"bulk entry without an event");
-                    DROP
-                }
+/// One bulk entry's answer, or `None` when it has no id to answer with.
+fn bulk_entry(raw: &RawValue, to: &mut impl Deliver) -> Option<Value> {
+    let Ok(entry) = serde_json::from_str::<BulkEntry<'_>>(raw.get()) else {
+        // Not an object: there is no id to answer, and the sidecar retries what it gets no
+        // answer for. A real sidecar never sends this.
+        to.malformed(&Origin::dapr_unknown(), &"bulk entry is not an object");
+        return None;
+    };
+    let Some(entry_id) = entry.entry_id.filter(|id| id.get() != "null") else {
+        to.malformed(&Origin::dapr_unknown(), &"bulk entry without an entryId");
+        return None;
+    };
+    let origin = origin_from_metadata(&entry.metadata);
+    let answer = if !entry_id.get().starts_with('"') {
+        // Dapr's entry ids are strings; answer the odd one with its id as given.
+        to.malformed(&origin, &"bulk entryId is not a string");
+        DROP
+    } else {
+        match entry.event.map(RawValue::get) {
+            Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+                Ok(encoded) => route_raw(to, &encoded, origin),
+                Err(_) => DROP,
+            },
+            Some(raw) if raw.starts_with('{') => to.route(raw.as_bytes(), origin),
+            _ => {
+                to.malformed(&origin, &"bulk entry without an event");
+                DROP
             }
-        };
-        count(state, answer);
-        statuses.push(json!({"entryId": entry_id, "status": answer}));
-    }
-    HttpResponse::Ok().json(json!({"statuses": statuses}))
+        }
+    };
+    to.answered(answer);
+    Some(json!({"entryId": entry_id, "status": answer}))
 }
 
-fn route_json(state: &AppState, bytes: &[u8], origin: Origin<'_>) -> &'static str {
-    match state.router.route_bytes(bytes, origin) {
-        Ok(_) => SUCCESS,
-        Err(_) => DROP,
-    }
-}
-
-fn route_raw(state: &AppState, encoded: &str, origin: Origin<'_>) -> &'static str {
+fn route_raw(to: &mut impl Deliver, encoded: &str, origin: Origin<'_>) -> &'static str {
     match base64::engine::general_purpose::STANDARD.decode(encoded) {
-        Ok(bytes) => route_json(state, &bytes, origin),
+        Ok(bytes) => to.route(&bytes, origin),
         Err(error) => {
-            state
-                .stats
-                .event_malformed(&origin, &format!("data_base64: {error}"));
+            to.malformed(&origin, &format!("data_base64: {error}"));
             DROP
         }
     }
@@ -307,5 +340,89 @@ fn origin_from_metadata(metadata: &Value) -> Origin<'_> {
         partition: number("__partition").and_then(|p| i32::try_from(p).ok()),
         offset: number("__offset"),
         timestamp_ms: number("__timestamp"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Routes by decoding, as the router does, and counts what is malformed.
+    #[derive(Default)]
+    struct Decode {
+        malformed: Vec<String>,
+        answered: usize,
+    }
+
+    impl Deliver for Decode {
+        fn route(&mut self, bytes: &[u8], _origin: Origin<'_>) -> &'static str {
+            match task_events::Event::from_json(bytes) {
+                Ok(_) => SUCCESS,
+                Err(_) => DROP,
+            }
+        }
+        fn malformed(&mut self, _origin: &Origin<'_>, reason: &dyn std::fmt::Display) {
+            self.malformed.push(reason.to_string());
+        }
+        fn answered(&mut self, _answer: &'static str) {
+            self.answered += 1;
+        }
+    }
+
+    fn read(body: &Value) -> (Answer, Decode) {
+        let mut to = Decode::default();
+        let answer = answer(body.to_string().as_bytes(), Origin::dapr_unknown(), &mut to);
+        (answer, to)
+    }
+
+    #[test]
+    fn single_deliveries() {
+        let event = json!({"event_type": "task.created", "user_id": "u", "task": {}});
+        let cloudevent = json!({"specversion": "1.0", "id": "ce-1", "data": event});
+        let raw = json!({"specversion": "1.0", "id": "w", "data_base64":
+            base64::engine::general_purpose::STANDARD.encode(event.to_string())});
+        for body in [&event, &cloudevent, &raw] {
+            assert!(matches!(read(body).0, Answer::One(SUCCESS)), "{body}");
+        }
+        let (answer, to) = read(&json!({"specversion": "1.0", "data_base64": "%%%"}));
+        assert!(matches!(answer, Answer::One(DROP)));
+        assert!(to.malformed[0].starts_with("data_base64"), "{:?}", to.malformed);
+        let mut to = Decode::default();
+        assert!(matches!(
+            super::answer(b"[1]", Origin::dapr_unknown(), &mut to),
+            Answer::One(DROP)
+        ));
+        assert_eq!(to.malformed, ["body is not a JSON object"]);
+    }
+
+    #[test]
+    fn bulk_entries_are_answered_in_order_each_once() {
+        let good = json!({"event_type": "task.created", "user_id": "u", "task": {}});
+        let body = json!({"type": BULK_TYPE, "entries": [
+            {"entryId": "e1", "event": {"specversion": "1.0", "id": "b-1", "data": good}},
+            1,
+            {"entryId": "e2", "event": base64::engine::general_purpose::STANDARD.encode(good.to_string())},
+            {"event": good},
+            {"entryId": 3, "event": good},
+            {"entryId": "e4", "event": {"user_id": "u"}},
+            {"entryId": "e5"},
+        ]});
+        let (Answer::Bulk(answers), to) = read(&body) else {
+            panic!("not read as bulk")
+        };
+        assert_eq!(
+            answers,
+            [
+                Some(json!({"entryId": "e1", "status": SUCCESS})),
+                None,
+                Some(json!({"entryId": "e2", "status": SUCCESS})),
+                None,
+                Some(json!({"entryId": 3, "status": DROP})),
+                Some(json!({"entryId": "e4", "status": DROP})),
+                Some(json!({"entryId": "e5", "status": DROP})),
+            ]
+        );
+        assert_eq!(to.answered, 5);
+        assert_eq!(to.malformed.len(), 4, "{:?}", to.malformed);
     }
 }

@@ -52,11 +52,11 @@ impl Producer {
 }
 
 /// One event ready to go: its id, record key and JSON.
-struct Ready {
-    id: String,
-    key: String,
-    json: String,
-    event: Event,
+pub(crate) struct Ready {
+    pub(crate) id: String,
+    pub(crate) key: String,
+    pub(crate) json: String,
+    pub(crate) event: Event,
 }
 
 /// `POST /api/publish`.
@@ -211,7 +211,7 @@ async fn read_bounded(mut body: web::Payload, limit: usize) -> Result<web::Bytes
 }
 
 /// Decodes and completes every event, or says what is wrong with each bad one.
-fn decode(bytes: &[u8], max_events: usize) -> Result<Vec<Ready>, (String, Vec<Value>)> {
+pub(crate) fn decode(bytes: &[u8], max_events: usize) -> Result<Vec<Ready>, (String, Vec<Value>)> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     let items: Vec<&RawValue> = match first {
         Some(b'[') => serde_json::from_slice(bytes)

@@ -42,17 +42,7 @@ impl Request {
     /// Reads the token (`?token=`, `Authorization: Bearer`, or the cookie `SSE_TOKEN_COOKIE`
     /// when `cookie` is set) and the query parameters.
     pub fn from_http(req: &HttpRequest, cookie: Option<&str>) -> Self {
-        let list = |name: &str| {
-            query_param(req, name)
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
+        let list = |name: &str| query_param(req, name).map(|v| split_list(&v)).unwrap_or_default();
         let from_cookie = || {
             let name = cookie.filter(|n| !n.is_empty())?;
             req.cookie(name).map(|c| c.value().to_string())
@@ -367,10 +357,26 @@ fn anonymous_identity() -> Identity {
 
 /// A query parameter, percent-decoded.
 pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
-    req.query_string().split('&').find_map(|pair| {
+    query_value(req.query_string(), name)
+}
+
+/// The first value of `name` in a query string (without the `?`), percent-decoded; a name
+/// without `=` has the empty value. Names are compared as sent, not decoded.
+pub fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (key == name).then(|| percent_decode(value))
     })
+}
+
+/// A comma-separated list (`rooms`, `event_types`): trimmed, empty items left out.
+pub fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// The token from `?token=` (what existing clients send) or `Authorization: Bearer`.
@@ -424,5 +430,16 @@ mod tests {
         assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
         assert_eq!(percent_decode("%é%"), "%é%");
         assert_eq!(percent_decode("a+b"), "a b");
+    }
+
+    #[test]
+    fn query_values_and_lists() {
+        let query = "token=t&rooms=a,%20b,,c%2Cd&since&x=1=2";
+        assert_eq!(query_value(query, "token").as_deref(), Some("t"));
+        assert_eq!(query_value(query, "since").as_deref(), Some(""));
+        assert_eq!(query_value(query, "x").as_deref(), Some("1=2"));
+        assert_eq!(query_value(query, "missing"), None);
+        let rooms = query_value(query, "rooms").unwrap();
+        assert_eq!(split_list(&rooms), ["a", "b", "c", "d"]);
     }
 }

@@ -54,7 +54,7 @@ const NULL: &str = "null";
 /// The answer to a message refused before it was read (the session's message rate): an `rpc`
 /// still gets its `rpc_error` and a `publish` its `error` with its `id`, so a client can tell
 /// which one failed.
-pub(super) fn refused(text: &str, code: &str, message: &str) -> ByteString {
+pub(crate) fn refused(text: &str, code: &str, message: &str) -> ByteString {
     let envelope = serde_json::from_str::<ClientEnvelope<'_>>(text).ok();
     let id = envelope.as_ref().and_then(|e| e.id.filter(|id| valid_id(id)));
     match (envelope.as_ref().map(|e| e.kind.as_ref()), id) {
