@@ -13,8 +13,13 @@ use serde_json::value::RawValue;
 pub mod close {
     /// Going away: server shutting down; reconnect (to another replica).
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame that breaks RFC 6455 (reserved bits or opcodes, an unmasked frame, a bad
+    /// control or close frame, a continuation out of place).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// A binary frame: the protocol is JSON text.
     pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A text message that is not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
     /// A frame or message over `MAX_FRAME_BYTES`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     /// Instance at `MAX_CONNECTIONS`: try again later (another replica).

@@ -3,12 +3,15 @@
 //!
 //! Authentication happens after the upgrade completes: browsers cannot read the HTTP status of a
 //! failed upgrade, so a bad token gets a socket that is closed at once with 4001 and a reason.
+//!
+//! What the client sends passes through [`frames`] first: frame headers over the bounds are
+//! refused before their payload is read, and fragments are joined in one buffer.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError, Session};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
 use futures_util::future::OptionFuture;
 use futures_util::FutureExt as _;
@@ -27,7 +30,8 @@ use crate::transport::refusals::{self, Refused};
 use crate::AppState;
 use calls::Calls;
 
-mod calls;
+pub(crate) mod calls;
+mod frames;
 
 /// Most queued messages written per turn of the session's loop before it looks at the client's
 /// messages and its timer again.
@@ -63,6 +67,7 @@ pub async fn ws_route(
         state.stats.connection_rejected("refused_again");
         return Ok(refused_again(refused, state.settings.server.refusal_memory_secs));
     }
+    let body = frames::guard(&req, body, state.settings.server.max_frame_bytes).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // Transient: a close after open (a client that counts failed tries keeps its count),
@@ -125,10 +130,8 @@ pub async fn ws_route(
         }
     };
     drop(upgrading);
-    let stream = stream
-        .max_frame_size(state.settings.server.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(state.settings.server.max_frame_bytes);
+    let max_frame_bytes = state.settings.server.max_frame_bytes;
+    let stream = frames::Messages::new(stream.max_frame_size(max_frame_bytes), max_frame_bytes);
     let limits = &state.settings.cluster;
     let limiter = admission::limiter(limits.client_messages_per_sec, limits.client_messages_burst);
     let conn = Connection {
@@ -307,7 +310,7 @@ impl Connection {
     /// connection and the stream, about 480 bytes), while an `async move` block uses what it
     /// captured in place.
     #[allow(clippy::manual_async_fn)]
-    fn run(mut self, mut stream: AggregatedMessageStream) -> impl std::future::Future<Output = ()> {
+    fn run(mut self, mut stream: frames::Messages) -> impl std::future::Future<Output = ()> {
         async move {
             let hello = self.hello();
             let end = match self.write(hello).await {
@@ -417,7 +420,7 @@ impl Connection {
     /// The session's loop. Every write has a deadline (`WRITE_TIMEOUT_SECS`), so a peer that
     /// stops reading can block it for that long at most, and the heartbeat, idle timeout and
     /// token expiry keep their meaning.
-    async fn serve(&mut self, stream: &mut AggregatedMessageStream) -> End {
+    async fn serve(&mut self, stream: &mut frames::Messages) -> End {
         let settings = &self.state.settings;
         let heartbeat = settings.heartbeat_interval();
         let client_timeout = settings.client_timeout();
@@ -919,19 +922,47 @@ fn error(code: &str, message: &str) -> ByteString {
     .to_text()
 }
 
-fn protocol_error(error: ProtocolError) -> End {
+fn protocol_error(error: frames::Failure) -> End {
     match error {
-        ProtocolError::Overflow => End::Close(close::MESSAGE_TOO_BIG, "frame too large".into()),
-        ProtocolError::Io(e) if e.to_string().contains("continuation size") => {
-            End::Close(close::MESSAGE_TOO_BIG, "message too large".into())
-        }
-        // The connection broke (reset, EOF without a close frame): nobody to answer.
-        ProtocolError::Io(_) => End::Gone,
-        other => {
+        frames::Failure::Refused(refused) => refusal(refused),
+        frames::Failure::Protocol(ProtocolError::Overflow) => refusal(frames::Refused::TooLarge),
+        frames::Failure::Protocol(ProtocolError::Io(e)) => io_error(&e),
+        frames::Failure::Protocol(other) => {
             tracing::debug!(error = %other, "websocket protocol error");
-            End::Close(1002, "protocol error".into())
+            End::Close(close::PROTOCOL_ERROR, "protocol error".into())
         }
     }
+}
+
+fn refusal(refused: frames::Refused) -> End {
+    match refused {
+        frames::Refused::TooLarge => End::Close(close::MESSAGE_TOO_BIG, "message too large".into()),
+        frames::Refused::ControlTooLong => {
+            End::Close(close::PROTOCOL_ERROR, "control frame over 125 bytes".into())
+        }
+        frames::Refused::InvalidUtf8 => {
+            End::Close(close::INVALID_PAYLOAD, "text message is not valid UTF-8".into())
+        }
+    }
+}
+
+/// The errors actix-ws reports as I/O errors: most are the connection breaking, some are the
+/// client's frames.
+fn io_error(e: &std::io::Error) -> End {
+    if let Some(refused) = frames::Refused::of(e) {
+        return refusal(refused);
+    }
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        // A text frame that is not UTF-8 (RFC 6455 8.1: fail the connection; 7.4.1: 1007).
+        if e.get_ref().is_some_and(|inner| inner.is::<std::str::Utf8Error>()) {
+            return refusal(frames::Refused::InvalidUtf8);
+        }
+        // Reserved bits without an extension.
+        tracing::debug!(error = %e, "websocket protocol error");
+        return End::Close(close::PROTOCOL_ERROR, "protocol error".into());
+    }
+    // The connection broke (reset, EOF without a close frame): nobody to answer.
+    End::Gone
 }
 
 /// The `reason` label of a session closed with `code`.
@@ -941,6 +972,7 @@ fn close_label(code: u16) -> &'static str {
         close::GOING_AWAY => "shutdown",
         close::UNSUPPORTED_DATA => "binary_frame",
         close::MESSAGE_TOO_BIG => "message_too_big",
+        close::INVALID_PAYLOAD => "invalid_utf8",
         close::IDLE_TIMEOUT => "idle_timeout",
         close::UNAUTHORIZED => "unauthorized",
         close::TOKEN_EXPIRED => "token_expired",

@@ -1,9 +1,11 @@
 //! End-to-end tests: the real gateway, a real Kafka-protocol broker (tansu) over TCP, real
 //! WebSocket clients. One test binary, so the workspace builds it once.
 
+mod abuse;
 mod audiences;
 mod auth;
 mod cluster;
+mod conformance;
 mod dapr;
 mod delivery;
 mod drain;
