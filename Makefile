@@ -3,7 +3,7 @@ SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint bench fmt broker clean check-deploy
+.PHONY: help run test lint bench chaos soak fuzz fmt broker clean check-deploy
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -30,6 +30,21 @@ lint: ## Check formatting, clippy with warnings as errors, and the browser clien
 bench: ## Run the gateway benchmark against a throwaway tansu broker
 	{ ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; } && scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
 
+# Faults with real processes (two replicas, a broker of its own): lost/duplicated events, time to
+# recover and memory per fault.
+chaos: ## Kill a replica, restart the broker, stall clients, malformed records, a reconnect storm
+	{ ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; } && BENCH_WORKLOADS=chaos scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
+
+DURATION ?= 5m
+soak: ## Steady load for DURATION (30m, 1h, 600s; default 5m); fails if memory, fds or queues keep growing
+	d="$(DURATION)"; case "$$d" in *h) s=$$(( $${d%h} * 3600 ));; *m) s=$$(( $${d%m} * 60 ));; *s) s=$${d%s};; *) s=$$d;; esac; \
+	{ ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; } && \
+	BENCH_WORKLOADS=soak BENCH_SOAK_SECS="$$s" scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Run every fuzz target (fuzz/, libFuzzer) for FUZZ_SECONDS each (default 60); prints executions per target
+	FUZZ_SECONDS="$(FUZZ_SECONDS)" scripts/fuzz.sh
+
 fmt: ## Format all Rust code
 	cargo fmt --all
 
@@ -42,4 +57,5 @@ broker: ## Run a tansu broker in the foreground on 127.0.0.1:9092 (in-memory)
 
 clean: ## Remove build artifacts and downloaded tools
 	cargo clean
+	rm -rf fuzz/target
 	rm -rf .tools

@@ -20,6 +20,8 @@
 //! - `rpc`, `publish`: clients to backends: RPC round trips through an HTTP and a Kafka backend
 //!   at 1,000 and 10,000 calls/s, and a client's room publication to 1,000 members
 //!   (`upstream.rs`).
+//! - `chaos` and `soak` (`make chaos`, `make soak`): faults and a long steady load with real
+//!   processes (`chaos.rs`); not in the default list.
 //!
 //! Events carry their publish time; latency is publish-to-deliver on the client. The load
 //! generator, the broker and the server share the machine.
@@ -42,6 +44,7 @@
 //! BENCH_SERVER_ENV (settings for every server started:
 //! `KEY=value,KEY=value`).
 
+mod chaos;
 mod cluster;
 mod fanout;
 mod recovery;
@@ -179,7 +182,8 @@ impl Server {
         };
         let http = reqwest::Client::new();
         let ready_url = format!("http://127.0.0.1:{port}/ready");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: a replica that starts under load reads the recent log back first.
+        let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             if let Ok(r) = http.get(&ready_url).send().await {
                 if r.status().is_success() {
@@ -593,6 +597,14 @@ async fn main() {
                 None
             }
             "publish" => upstream::publish(&cfg).await,
+            "chaos" => {
+                chaos::chaos(&cfg).await;
+                None
+            }
+            "soak" => {
+                chaos::soak(&cfg).await;
+                None
+            }
             other => panic!("unknown workload {other}"),
         };
         all.extend(figures);

@@ -28,18 +28,18 @@ use crate::*;
 
 /// What one client saw of its room's numbered events.
 #[derive(Default, Clone)]
-struct Track {
-    room: usize,
+pub(crate) struct Track {
+    pub(crate) room: usize,
     /// The next room sequence number expected (none before the first event).
-    next: Option<u64>,
-    got: u64,
-    lost: u64,
-    dup: u64,
-    cursor: Option<String>,
+    pub(crate) next: Option<u64>,
+    pub(crate) got: u64,
+    pub(crate) lost: u64,
+    pub(crate) dup: u64,
+    pub(crate) cursor: Option<String>,
 }
 
 impl Track {
-    fn see(&mut self, seq: u64) {
+    pub(crate) fn see(&mut self, seq: u64) {
         self.got += 1;
         match self.next {
             Some(next) if seq < next => self.dup += 1,
@@ -52,7 +52,7 @@ impl Track {
     }
 
     /// After the last event of its room (`last`): what never came counts as lost.
-    fn finish(&mut self, last: Option<u64>) {
+    pub(crate) fn finish(&mut self, last: Option<u64>) {
         if let (Some(last), Some(next)) = (last, self.next) {
             self.lost += (last + 1).saturating_sub(next);
         }
@@ -60,7 +60,7 @@ impl Track {
 }
 
 /// A room event as the clients see it: (room sequence, publish time, cursor).
-fn room_event(text: &str) -> Option<(u64, u64, Option<String>)> {
+pub(crate) fn room_event(text: &str) -> Option<(u64, u64, Option<String>)> {
     if !text.contains("\"room.event\"") {
         return None;
     }
@@ -73,7 +73,7 @@ fn room_event(text: &str) -> Option<(u64, u64, Option<String>)> {
 }
 
 /// Event `seq` of the run goes to room `seq % rooms` as that room's event `seq / rooms`.
-fn publish_rooms(
+pub(crate) fn publish_rooms(
     brokers: &str,
     topic: &str,
     rooms: usize,
@@ -101,11 +101,11 @@ fn publish_rooms(
 }
 
 /// The last room sequence number of each room after `published` events.
-fn last_of_room(published: u64, rooms: usize, room: usize) -> Option<u64> {
+pub(crate) fn last_of_room(published: u64, rooms: usize, room: usize) -> Option<u64> {
     (published > room as u64).then(|| (published - 1 - room as u64) / rooms as u64)
 }
 
-async fn dial(url: &str) -> Option<Ws> {
+pub(crate) async fn dial(url: &str) -> Option<Ws> {
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
     tokio_tungstenite::connect_async_with_config(url, Some(config), false)
         .await
@@ -113,7 +113,7 @@ async fn dial(url: &str) -> Option<Ws> {
         .map(|(ws, _)| ws)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted
         .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
         .copied()
