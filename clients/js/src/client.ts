@@ -393,7 +393,7 @@ export class RealtimeClient {
       this.emit('error', { type: 'error', code: 'forbidden', message: reason });
     }
     if ((code === 4003 && !undone) || ((code === 4001 || code === 4002) && !fresh)) return this.halt(code, reason);
-    if (code === 1003 || code === 1009)
+    if (code === 1002 || code === 1003 || code === 1007 || code === 1009)
       this.emit('error', { type: 'error', code: 'protocol_violation', message: reason, closeCode: code });
     if (code === 4029 && !fresh) this.hold = 30000;
     let d: number;
