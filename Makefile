@@ -39,7 +39,8 @@ DURATION ?= 5m
 soak: ## Steady load for DURATION (30m, 1h, 600s; default 5m); fails if memory, fds or queues keep growing
 	d="$(DURATION)"; case "$$d" in *h) s=$$(( $${d%h} * 3600 ));; *m) s=$$(( $${d%m} * 60 ));; *s) s=$${d%s};; *) s=$$d;; esac; \
 	{ ulimit -n 65536 2>/dev/null || ulimit -n "$$(ulimit -Hn)"; } && \
-	BENCH_WORKLOADS=soak BENCH_SOAK_SECS="$$s" scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
+	BENCH_WORKLOADS=soak BENCH_SOAK_SECS="$$s" BENCH_FETCH_WAIT_MS="$${BENCH_FETCH_WAIT_MS:-100}" \
+	scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
 
 FUZZ_SECONDS ?= 60
 fuzz: ## Run every fuzz target (fuzz/, libFuzzer) for FUZZ_SECONDS each (default 60); prints executions per target

@@ -596,9 +596,11 @@ pub async fn soak(cfg: &Config) {
     let secs = knob("BENCH_SOAK_SECS", 300);
     let n = knob("BENCH_SOAK_CLIENTS", 2000) as usize;
     let rooms = knob("BENCH_ROOMS", 100) as usize;
-    // 50 events/s by default: tansu's in-memory log slows its fetches as it grows (at 200
-    // events/s the broker reached a full core after about 3 minutes and the replica's consumer
-    // lag grew from then on, the broker's, not the gateway's).
+    // 50 events/s and `make soak`'s fetch wait of 100 ms by default: tansu's in-memory log costs
+    // it more CPU per fetch as it grows. At 200 events/s with 5 ms fetches the broker took a
+    // full core after about 3 minutes, at 50 events/s after about 11, and the replica's
+    // consumer lag grew from then on (the broker's ceiling, not the gateway's: it used 5% of a
+    // core). Fewer fetches keep the broker below its ceiling for the whole soak.
     let rate = knob("BENCH_SOAK_RATE", 50);
     // Four partitions: tansu answers a fetch with one record batch per partition, and this
     // producer writes one record per batch, so one partition is read at about 150 records/s
