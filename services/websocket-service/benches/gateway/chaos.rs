@@ -367,6 +367,22 @@ async fn live_again(tracks: &[Arc<Mutex<Track>>], rooms: usize, from: u64, since
     None
 }
 
+/// Waits until every client has its room's last event of `published` (or ten seconds passed):
+/// what has not come by then is counted lost.
+async fn settle(tracks: &[Arc<Mutex<Track>>], rooms: usize, published: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let done = tracks.iter().all(|tr| {
+            let tr = tr.lock().unwrap();
+            last_of_room(published, rooms, tr.room).is_none_or(|last| tr.next.is_some_and(|next| next > last))
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Creates `topic` again (after a broker lost it), retrying while the broker comes up.
 async fn recreate_topic(brokers: &str, topic: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -570,7 +586,7 @@ pub async fn chaos(cfg: &Config) {
     );
 
     let published = publisher.finish().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&tracks, rooms, published).await;
     ctl.stop.store(true, Ordering::Relaxed);
     for (room, tr) in tracks.iter().enumerate().map(|(i, t)| (i % rooms, t)) {
         tr.lock().unwrap().finish(last_of_room(published, rooms, room));
@@ -672,7 +688,7 @@ pub async fn soak(cfg: &Config) {
     {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(&tracks, rooms, published).await;
     ctl.stop.store(true, Ordering::Relaxed);
     for (i, tr) in tracks.iter().enumerate() {
         tr.lock()

@@ -168,7 +168,6 @@ async fn calls_at_rate(
     let errors = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
     let answered = Arc::new(AtomicU64::new(0));
     let mut senders = Vec::new();
-    let started = Instant::now();
     for (i, ws) in sockets.into_iter().enumerate() {
         let (mut sink, mut stream) = ws.split();
         let (lat, errs, done) = (latencies.clone(), errors.clone(), answered.clone());
@@ -206,20 +205,24 @@ async fn calls_at_rate(
                 }
                 sent += 1;
             }
-            // Keep the socket open until the answers are in.
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            let _ = sink.close().await;
-            sent
+            // The socket stays open (the sink is handed back) until the answers are in.
+            (sent, sink)
         }));
     }
     let mut sent = 0;
-    let expected = per_session * n * seconds;
-    let deadline = started + Duration::from_secs(seconds + 6);
-    while answered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+    let mut sinks = Vec::new();
+    for s in senders {
+        let (n, sink) = s.await.expect("sender");
+        sent += n;
+        sinks.push(sink);
+    }
+    // Every answer in (or ten seconds without), then the sockets close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for s in senders {
-        sent += s.await.unwrap_or(0);
+    for mut sink in sinks {
+        let _ = sink.close().await;
     }
     let latencies = std::mem::take(&mut *latencies.lock().unwrap());
     let errors = std::mem::take(&mut *errors.lock().unwrap());

@@ -19,6 +19,9 @@ struct HttpBackend {
     addr: std::net::SocketAddr,
     /// Every request body it received.
     seen: Arc<Mutex<Vec<Value>>>,
+    /// `slow.wait` calls are held until this is notified; then they answer and are counted.
+    release: Arc<tokio::sync::Notify>,
+    slow_answered: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl HttpBackend {
@@ -26,16 +29,23 @@ impl HttpBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let slow_answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (log, rel, answered) = (seen.clone(), release.clone(), slow_answered.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else {
                     return;
                 };
-                tokio::spawn(serve_one(sock, log.clone()));
+                tokio::spawn(serve_one(sock, log.clone(), rel.clone(), answered.clone()));
             }
         });
-        HttpBackend { addr, seen }
+        HttpBackend {
+            addr,
+            seen,
+            release,
+            slow_answered,
+        }
     }
 
     fn url(&self) -> String {
@@ -43,7 +53,12 @@ impl HttpBackend {
     }
 }
 
-async fn serve_one(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Value>>>) {
+async fn serve_one(
+    mut sock: tokio::net::TcpStream,
+    seen: Arc<Mutex<Vec<Value>>>,
+    release: Arc<tokio::sync::Notify>,
+    slow_answered: Arc<std::sync::atomic::AtomicUsize>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let (head, body) = loop {
@@ -79,7 +94,8 @@ async fn serve_one(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Value>>>
     let (status, answer) = match method.as_str() {
         "echo.who" => (200, request.clone()),
         "slow.wait" => {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            // Held until the test releases it (long after the gateway's deadline).
+            let _ = tokio::time::timeout(WAIT, release.notified()).await;
             (200, json!({"late": true}))
         }
         "fail.custom" => (
@@ -105,6 +121,9 @@ async fn serve_one(mut sock: tokio::net::TcpStream, seen: Arc<Mutex<Vec<Value>>>
         body.len()
     );
     let _ = sock.write_all(response.as_bytes()).await;
+    if method == "slow.wait" {
+        slow_answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A Kafka backend: reads requests from `topic`, answers each with a generic envelope addressed
@@ -273,7 +292,15 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
     assert_eq!(timed_out, ["s1", "s2"]);
     assert!(started.elapsed() < Duration::from_secs(3), "the deadline holds");
     // Exactly one answer each: nothing more comes when the backend finally answers.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    backend.release.notify_waiters();
+    let deadline = Instant::now() + WAIT;
+    while backend.slow_answered.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the backend did not answer the held calls"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     caller.assert_nothing_pending().await;
 
     // The analytics client as written: `request_metrics`, and an answer it dispatches on `event`.
