@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
@@ -260,7 +261,9 @@ pub async fn create_topic(brokers: &str, partitions: i32) -> String {
     topic
 }
 
-/// Creates `topic`, retrying while the broker is still coming up.
+/// Creates `topic`, retrying while the broker is still coming up. A topic that already exists
+/// counts as created: after a broker restart a retry whose first answer was lost, or a client's
+/// metadata request (brokers may create topics on it), can get there first.
 pub async fn create_topic_named(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -274,7 +277,10 @@ pub async fn create_topic_named(brokers: &str, topic: &str, partitions: i32) {
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
             .await;
-        if matches!(result.as_deref(), Ok([Ok(_)])) {
+        if matches!(
+            result.as_deref(),
+            Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))])
+        ) {
             return;
         }
         assert!(
