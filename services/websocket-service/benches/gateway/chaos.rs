@@ -26,9 +26,7 @@ use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-
+use crate::broker::{create_topic_retrying, OwnBroker};
 use crate::recovery::{dial, last_of_room, room_event, Track};
 use crate::*;
 
@@ -287,56 +285,6 @@ impl Publisher {
     }
 }
 
-/// A tansu broker of this workload's own, on a fixed port, that can be restarted.
-struct OwnBroker {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl OwnBroker {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn start(&mut self) {
-        let bin = std::env::var("TANSU_BIN").expect("TANSU_BIN: run with `make chaos`");
-        let url = format!("tcp://{}", self.addr());
-        self.child = Some(
-            Command::new(bin)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tansu"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn high_watermark(brokers: &str, topic: &str) -> i64 {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -383,28 +331,6 @@ async fn settle(tracks: &[Arc<Mutex<Track>>], rooms: usize, published: u64) {
     }
 }
 
-/// Creates `topic` again (after a broker lost it), retrying while the broker comes up.
-async fn recreate_topic(brokers: &str, topic: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let result = admin
-            .create_topics(
-                &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(5))),
-            )
-            .await;
-        if matches!(result.as_deref(), Ok([Ok(_)])) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "cannot recreate {topic}: {result:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Waits until every one of `n` clients is connected; the time it took, or None after `limit`.
 async fn all_connected(ctl: &Control, n: usize, since: Instant, limit: Duration) -> Option<f64> {
     while since.elapsed() < limit {
@@ -428,10 +354,8 @@ pub async fn chaos(cfg: &Config) {
     // batch per fetch: about 150 records/s here, so the rate stays below that.
     let rate = knob("BENCH_CHAOS_RATE", 100);
     let phase = Duration::from_secs(knob("BENCH_CHAOS_PHASE_SECS", 10));
-    let mut broker = OwnBroker {
-        port: free_port(),
-        child: None,
-    };
+    let tansu = std::env::var("TANSU_BIN").expect("TANSU_BIN: run with `make chaos`");
+    let mut broker = OwnBroker::new(tansu.into());
     broker.start().await;
     let cfg = Config {
         brokers: broker.addr(),
@@ -550,7 +474,7 @@ pub async fn chaos(cfg: &Config) {
     broker.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
     broker.start().await;
-    recreate_topic(&cfg.brokers, &topic).await;
+    create_topic_retrying(&cfg.brokers, &topic, 1, Duration::from_secs(30)).await;
     let pad: FutureProducer = producer_lingering(&cfg.brokers, 5);
     let filler = json!({"event_type": "filler", "data": {}, "to": {"user": "nobody"}}).to_string();
     let sends = (0..high).map(|_| {

@@ -44,6 +44,8 @@
 //! BENCH_SERVER_ENV (settings for every server started:
 //! `KEY=value,KEY=value`).
 
+#[path = "../../tests/support/broker.rs"]
+mod broker;
 mod chaos;
 mod cluster;
 mod fanout;
@@ -58,8 +60,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
@@ -227,17 +227,7 @@ fn token(user: &str) -> String {
 
 async fn create_topic(brokers: &str, partitions: i32) -> String {
     let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    admin
-        .create_topics(
-            &[NewTopic::new(&topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
+    broker::create_topic_retrying(brokers, &topic, partitions, Duration::from_secs(30)).await;
     topic
 }
 

@@ -48,7 +48,7 @@ fn metric(text: &str, name: &str) -> f64 {
 async fn publish_to(service: &ServiceProcess, user: &str, n: u64) {
     let event = json!({"event_type": "task.updated", "user_id": user, "task": {"n": n}});
     assert_event_schema(&event);
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("http://127.0.0.1:{}/api/publish", service.internal_port))
         .bearer_auth(API_KEY)
         .json(&event)
@@ -157,7 +157,9 @@ async fn upgrade_flood_is_refused_and_leaves_nothing_behind() {
     publish_to(&service, "good", 3).await;
     assert_eq!(next_event(&mut good).await["task"]["n"], 3);
     assert_eq!(next_event(&mut late).await["task"]["n"], 3);
-    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", service.internal_port))
+    let metrics = http()
+        .get(format!("http://127.0.0.1:{}/metrics", service.internal_port))
+        .send()
         .await
         .unwrap()
         .text()

@@ -371,7 +371,7 @@ async fn the_publish_api_refuses_bad_keys_bodies_and_sizes() {
     let (status, body) = gw.publish_raw(API_KEY, big.to_string()).await;
     assert_eq!(status, 413, "{body}");
     // Not on the public port at all.
-    let public = reqwest::Client::new()
+    let public = http()
         .post(format!("http://{}/api/publish", gw.addr))
         .bearer_auth(API_KEY)
         .body(ok.to_string())
@@ -392,7 +392,7 @@ async fn the_publish_api_answers_503_while_the_broker_is_down() {
     set(&mut env, "SERVER_API_KEY", API_KEY);
     set(&mut env, "PUBLISH_TIMEOUT_MS", "1500");
     let gw = TestGateway::start(env).await;
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("http://{}/api/publish", gw.internal))
         .bearer_auth(API_KEY)
         .body(generic("x", json!({}), json!({"all": true})).to_string())

@@ -44,7 +44,7 @@ async fn api(
     body: Option<Value>,
     key: &str,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
+    let client = http();
     let url = format!("http://{gw_internal}{path}");
     let req = match method {
         "GET" => client.get(url),

@@ -12,7 +12,7 @@ use crate::harness::*;
 async fn sigterm_drains_sessions_over_the_window_and_exits_0() {
     let service = ServiceProcess::spawn(&[("DRAIN_WINDOW_SECS", "2"), ("SHUTDOWN_GRACE_SECS", "6")]).await;
     let base = service.base();
-    let http = reqwest::Client::new();
+    let http = http();
     let mut clients = Vec::new();
     for i in 0..8 {
         clients.push(connect(&format!("ws://{base}/ws?token={}", token(&format!("d{i}")))).await);

@@ -1,63 +1,12 @@
 //! Broker failures: down at start, restarted mid-way. The service keeps serving, `/ready` says
 //! why it is not ready, and events produced after recovery are delivered.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::process::{Child, Command};
 
+use crate::broker::OwnBroker;
 use crate::harness::*;
-
-/// A broker of our own, on a fixed port, that the test can stop and start.
-struct OwnBroker {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl OwnBroker {
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start tansu");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(self.addr()).await.is_err() {
-            assert!(Instant::now() < deadline, "broker did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.unwrap();
-        }
-    }
-}
 
 async fn wait_not_ready(gw: &TestGateway) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;
@@ -88,10 +37,7 @@ async fn wait_degraded(gw: &TestGateway) -> serde_json::Value {
 /// Down at start: the replica has never caught up, so it is unready until it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_start_then_up() {
-    let mut broker = OwnBroker {
-        port: OwnBroker::free_port(),
-        child: None,
-    };
+    let mut broker = OwnBroker::new(tansu_bin());
     let topic = unique("late");
     let gw = TestGateway::start(env_for(Some(&broker.addr()), Some(&topic))).await;
     let body = wait_not_ready(&gw).await;
@@ -113,15 +59,12 @@ async fn broker_down_at_start_then_up() {
     .await;
     assert_eq!(client.recv().await["task"]["n"], 1);
     gw.stop().await;
-    broker.stop().await;
+    broker.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_way() {
-    let mut broker = OwnBroker {
-        port: OwnBroker::free_port(),
-        child: None,
-    };
+    let mut broker = OwnBroker::new(tansu_bin());
     broker.start().await;
     let topic = unique("restart");
     create_topic_named(&broker.addr(), &topic, 1).await;
@@ -138,7 +81,7 @@ async fn broker_restart_mid_way() {
     .await;
     assert_eq!(client.recv().await["task"]["n"], 1);
 
-    broker.stop().await;
+    broker.kill();
     // A broker outage after start is shared by every replica: it is reported, but the replica
     // stays in the Service (open sessions still work, reconnecting clients still find it).
     let body = wait_degraded(&gw).await;
@@ -169,5 +112,5 @@ async fn broker_restart_mid_way() {
     .await;
     assert_eq!(client.recv().await["task"]["n"], 2);
     gw.stop().await;
-    broker.stop().await;
+    broker.kill();
 }

@@ -9,9 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
@@ -21,6 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use websocket_service::telemetry::Stats;
+
+use crate::broker::create_topic_retrying;
 use websocket_service::{Gateway, Settings};
 
 pub const SECRET: &str = "e2e-test-secret-0123456789";
@@ -36,6 +35,21 @@ pub fn brokers() -> String {
 
 pub fn tansu_bin() -> PathBuf {
     PathBuf::from(std::env::var("TANSU_BIN").expect("TANSU_BIN is not set: run the tests with `make test`"))
+}
+
+/// The tests' HTTP client. One, because building one loads the system's CA certificates (tens
+/// of milliseconds in a debug build); without a pool, as every test has its own runtime and a
+/// pooled connection belongs to the runtime that opened it.
+pub fn http() -> reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("http client")
+        })
+        .clone()
 }
 
 pub fn fixture(name: &str) -> String {
@@ -122,7 +136,9 @@ impl TestGateway {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = reqwest::get(format!("http://{}{path}", self.addr))
+        let resp = http()
+            .get(format!("http://{}{path}", self.addr))
+            .send()
             .await
             .expect("http get");
         let status = resp.status().as_u16();
@@ -132,7 +148,9 @@ impl TestGateway {
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.internal);
-        reqwest::get(url)
+        http()
+            .get(url)
+            .send()
             .await
             .expect("metrics")
             .text()
@@ -197,7 +215,7 @@ impl TestGateway {
     }
 
     pub async fn publish_raw(&self, key: &str, body: String) -> (u16, Value) {
-        let resp = reqwest::Client::new()
+        let resp = http()
             .post(format!("http://{}/api/publish", self.internal))
             .bearer_auth(key)
             .header("content-type", "application/json")
@@ -261,34 +279,9 @@ pub async fn create_topic(brokers: &str, partitions: i32) -> String {
     topic
 }
 
-/// Creates `topic`, retrying while the broker is still coming up. A topic that already exists
-/// counts as created: after a broker restart a retry whose first answer was lost, or a client's
-/// metadata request (brokers may create topics on it), can get there first.
+/// Creates `topic`, retrying while the broker is still coming up.
 pub async fn create_topic_named(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let result = admin
-            .create_topics(
-                &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-            )
-            .await;
-        if matches!(
-            result.as_deref(),
-            Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))])
-        ) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cannot create topic {topic}: {result:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    create_topic_retrying(brokers, topic, partitions, WAIT).await;
 }
 
 pub fn producer(brokers: &str) -> FutureProducer {
@@ -524,7 +517,9 @@ impl ServiceProcess {
             internal_port,
         };
         let deadline = Instant::now() + WAIT;
-        while reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        while http()
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
             .await
             .is_err()
         {

@@ -4,6 +4,8 @@
 mod abuse;
 mod audiences;
 mod auth;
+#[path = "../support/broker.rs"]
+mod broker;
 mod cluster;
 mod conformance;
 mod dapr;

@@ -225,7 +225,7 @@ async fn sse(
     last_event_id: Option<&str>,
 ) -> impl futures_util::Stream<Item = eventsource_stream::Event> {
     use eventsource_stream::Eventsource;
-    let mut req = reqwest::Client::new().get(url);
+    let mut req = http().get(url);
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id);
     }
@@ -261,7 +261,9 @@ async fn sse_resumes_with_last_event_id() {
     let b = TestGateway::start(env_on(&topic)).await;
     a.wait_ready().await;
     b.wait_ready().await;
-    let bad = reqwest::get(format!("http://{}/events?token=nope", a.addr))
+    let bad = http()
+        .get(format!("http://{}/events?token=nope", a.addr))
+        .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 401);
@@ -316,7 +318,7 @@ async fn poll(gw: &TestGateway, query: &str) -> Value {
         gw.addr,
         resume_token()
     );
-    let resp = reqwest::get(url).await.unwrap();
+    let resp = http().get(url).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     for event in body["events"].as_array().unwrap() {
@@ -359,7 +361,14 @@ async fn polling_resumes_the_same_way() {
         let token = resume_token();
         tokio::spawn(async move {
             let url = format!("http://{addr}/events/poll?token={token}&rooms=lobby&since={c1}&wait=15");
-            reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()
+            http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
         })
     };
     // The poll is waiting (it counts as a session while it does).
@@ -401,7 +410,14 @@ async fn polling_resumes_the_same_way() {
         let (addr, token) = (a.addr, resume_token());
         tokio::spawn(async move {
             let url = format!("http://{addr}/events/poll?token={token}&wait=25");
-            reqwest::get(url).await.unwrap().json::<Value>().await.unwrap()
+            http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
         })
     };
     // The poll is waiting (it counts as a session while it does).
@@ -485,7 +501,9 @@ async fn a_burst_reaches_a_fast_reader_while_a_stalled_one_costs_little() {
     .await;
     let base = service.base();
     let deadline = std::time::Instant::now() + WAIT;
-    while reqwest::get(format!("http://{base}/ready"))
+    while http()
+        .get(format!("http://{base}/ready"))
+        .send()
         .await
         .unwrap()
         .status()

@@ -345,7 +345,9 @@ async fn a_killed_replica_loses_nothing_for_clients_without_a_cursor() {
     b.wait_ready().await;
     let a_ready = format!("http://{}/ready", a.base());
     let deadline = std::time::Instant::now() + WAIT;
-    while !reqwest::get(&a_ready)
+    while !http()
+        .get(&a_ready)
+        .send()
         .await
         .is_ok_and(|r| r.status().is_success())
     {

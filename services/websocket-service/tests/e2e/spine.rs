@@ -164,7 +164,7 @@ async fn no_unauthenticated_injection_or_internal_state_by_default() {
     let mut victim = connect(&gw.url(&token("victim"))).await;
     let forged = json!({"event_type": "task.deleted", "user_id": "victim", "task": {"id": 1}});
     for addr in [gw.addr, gw.internal] {
-        let resp = reqwest::Client::new()
+        let resp = http()
             .post(format!("http://{addr}/task-updates"))
             .header("content-type", "application/cloudevents+json")
             .body(forged.to_string())
@@ -174,7 +174,11 @@ async fn no_unauthenticated_injection_or_internal_state_by_default() {
         assert_eq!(resp.status(), 503, "Dapr delivery is off unless configured");
     }
     victim.assert_nothing_pending().await;
-    let public = reqwest::get(format!("http://{}/metrics", gw.addr)).await.unwrap();
+    let public = http()
+        .get(format!("http://{}/metrics", gw.addr))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(public.status(), 404, "no metrics on the public port");
     assert!(gw.metrics().await.contains("gateway_connections 1"));
     gw.stop().await;
@@ -196,7 +200,7 @@ async fn shutdown_does_not_wait_out_the_window_once_sessions_are_gone() {
     let mut client = connect(&format!("ws://{}/ws?token={}", service.base(), token("last"))).await;
     let internal = format!("http://127.0.0.1:{}/metrics", service.internal_port);
     assert_eq!(
-        reqwest::get(&internal).await.unwrap().status(),
+        http().get(&internal).send().await.unwrap().status(),
         200,
         "metrics on INTERNAL_PORT"
     );
@@ -341,7 +345,7 @@ async fn a_bad_bulk_entry_does_not_fail_the_others() {
             {"entryId": "e5", "event": event(5)},
         ]
     });
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("http://{}/task-updates", gw.addr))
         .header("content-type", "application/json")
         .header("dapr-api-token", "bulk-token-0123")

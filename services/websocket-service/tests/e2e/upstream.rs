@@ -333,7 +333,9 @@ async fn process(env: &[(String, String)]) -> ServiceProcess {
     let p = ServiceProcess::spawn_env(env).await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let ready = reqwest::get(format!("http://{}/ready", p.base()))
+        let ready = http()
+            .get(format!("http://{}/ready", p.base()))
+            .send()
             .await
             .is_ok_and(|r| r.status() == 200);
         if ready {
