@@ -24,6 +24,9 @@ use base64::Engine as _;
 pub const MAX_CURSOR_CHARS: usize = 8000;
 /// The most partitions a cursor may name.
 const MAX_ENTRIES: usize = 512;
+/// The most partitions a frontier tracks: a cursor of this many, whatever their topics,
+/// partitions and offsets (at most 19 bytes each), stays under [`MAX_CURSOR_CHARS`].
+pub const MAX_PARTITIONS: usize = 256;
 
 /// A partition of an events topic, named the same way on every replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,16 +60,29 @@ pub fn topic_id(name: &str) -> u32 {
 pub struct Frontier(pub BTreeMap<PartitionId, i64>);
 
 impl Frontier {
-    /// Covers `offset` (and everything below it) on `partition`.
+    /// Whether `partition` is tracked or there is room for it: a frontier tracks at most
+    /// [`MAX_PARTITIONS`], so that its cursor can always be decoded again.
+    pub fn admits(&self, partition: PartitionId) -> bool {
+        self.0.len() < MAX_PARTITIONS || self.0.contains_key(&partition)
+    }
+
+    /// Covers `offset` (and everything below it) on `partition`; nothing when the frontier is
+    /// full and does not track `partition`.
     pub fn advance(&mut self, partition: PartitionId, offset: i64) {
+        if !self.admits(partition) {
+            return;
+        }
         let next = self.0.entry(partition).or_insert(0);
         // Saturating: the offset may come from outside (a Dapr delivery's `__offset`).
         *next = (*next).max(offset.saturating_add(1));
     }
 
-    /// Starts tracking `partition` at `next` (nothing below is claimed to be covered).
+    /// Starts tracking `partition` at `next` (nothing below is claimed to be covered), when
+    /// the frontier admits it.
     pub fn start(&mut self, partition: PartitionId, next: i64) {
-        self.0.entry(partition).or_insert(next);
+        if self.admits(partition) {
+            self.0.entry(partition).or_insert(next);
+        }
     }
 
     /// Whether `offset` on `partition` is covered.
@@ -269,6 +285,31 @@ mod tests {
             local: Some((u64::MAX, 0)),
         };
         assert_eq!(Cursor::decode(&c.encode()), Ok(c));
+    }
+
+    /// A Dapr delivery's headers can name any partition: past `MAX_PARTITIONS` a new one is not
+    /// tracked, and the fullest cursor, with the longest values, is still accepted.
+    #[test]
+    fn a_frontier_is_bounded_and_its_cursor_always_decodes() {
+        let mut f = Frontier::default();
+        for i in 0..MAX_PARTITIONS + 10 {
+            let p = PartitionId::new(&format!("topic-{i}"), i32::MIN + i as i32);
+            f.advance(p, i64::MAX - 1);
+            f.start(PartitionId::new("late", i as i32), -1);
+        }
+        assert_eq!(f.0.len(), MAX_PARTITIONS);
+        let tracked = *f.0.keys().next().unwrap();
+        assert!(f.admits(tracked));
+        assert!(!f.admits(PartitionId::new("new", 0)));
+        f.advance(PartitionId::new("new", 0), 1);
+        assert_eq!(f.get(PartitionId::new("new", 0)), None);
+        let c = Cursor {
+            frontier: f,
+            local: Some((u64::MAX, u64::MAX)),
+        };
+        let text = c.encode();
+        assert!(text.len() <= MAX_CURSOR_CHARS, "{} chars", text.len());
+        assert_eq!(Cursor::decode(&text), Ok(c));
     }
 
     #[test]

@@ -224,8 +224,10 @@ impl History {
     /// it). Called once per partition, before its first entry.
     pub fn start_partition(&self, partition: PartitionId, offset: i64) {
         let mut inner = self.inner.write();
-        inner.covered_from.entry(partition).or_insert(offset);
-        inner.base.start(partition, offset);
+        if inner.base.admits(partition) {
+            inner.covered_from.entry(partition).or_insert(offset);
+            inner.base.start(partition, offset);
+        }
     }
 
     /// Appends an entry (its seq must follow the last one); `checkpoint` is the frontier right
@@ -376,7 +378,8 @@ impl History {
                 None if covered == *next => continue,
                 None => return Err(Unrecoverable::UnknownCursor),
             };
-            if want > *next + MAX_AHEAD {
+            // Saturating: offsets may come from outside (a Dapr delivery's, a crafted cursor's).
+            if want > next.saturating_add(MAX_AHEAD) {
                 return Err(Unrecoverable::UnknownCursor);
             }
             if want >= *next {
@@ -394,7 +397,7 @@ impl History {
         }
         if let Some((resumed_instance, upto)) = cursor.local {
             if resumed_instance == instance {
-                if upto + 1 < inner.locals_from {
+                if upto.saturating_add(1) < inner.locals_from {
                     return Err(Unrecoverable::HistoryExceeded);
                 }
                 let i = inner.locals.partition_point(|(local, _)| *local <= upto);
@@ -499,6 +502,28 @@ mod tests {
             f.start(PartitionId::new("t", p), 0);
         }
         (h, f)
+    }
+
+    /// Found by `dapr::headers_naming_endless_partitions_are_bounded`: a resume on a partition
+    /// whose offsets reach `i64::MAX` (a Dapr delivery names any) overflowed, and the session's
+    /// upgrade panicked; a cursor's local sequence at `u64::MAX` did the same.
+    #[test]
+    fn resumes_at_the_largest_positions_do_not_overflow() {
+        let h = History::new(Limits {
+            max_events: 10,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(3600),
+        });
+        let p = PartitionId::new("t", 0);
+        let mut f = Frontier::default();
+        h.start_partition(p, i64::MAX - 1);
+        f.start(p, i64::MAX - 1);
+        f.advance(p, i64::MAX - 1);
+        let mut c = Cursor::default();
+        c.frontier.0.insert(p, i64::MAX);
+        assert_eq!(h.resume_from(&c, &f, 1), Ok(0));
+        c.local = Some((1, u64::MAX));
+        assert_eq!(h.resume_from(&c, &f, 1), Ok(0));
     }
 
     #[test]

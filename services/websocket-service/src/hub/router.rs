@@ -9,7 +9,7 @@ use bytestring::ByteString;
 use parking_lot::Mutex;
 use task_events::{DecodeError, Event};
 
-use crate::hub::cursor::{Cursor, CursorError, Frontier, PartitionId};
+use crate::hub::cursor::{Cursor, CursorError, Frontier, PartitionId, MAX_PARTITIONS};
 use crate::hub::dedup::Dedup;
 use crate::hub::history::{Entry, History, Unrecoverable, CHECKPOINT_EVERY};
 use crate::hub::registry::{Delivery, LimitHit, Profile, Registry, Slot};
@@ -180,7 +180,7 @@ impl Router {
             Some(id) => id,
             None => uuid::Uuid::now_v7().to_string(),
         };
-        let pos = position(&origin);
+        let pos = self.position(&origin);
         if !self.dedup.first_time(&id) {
             self.stats.duplicate();
             tracing::debug!(id, %origin, "duplicate event not delivered again");
@@ -372,6 +372,30 @@ pub struct Admitted {
     /// it cannot.
     pub resume: Option<Result<u64, Unrecoverable>>,
 }
+
+impl Router {
+    /// An event's place in the log, when its origin names one that cursors can name: past
+    /// [`MAX_PARTITIONS`] partitions (a Dapr delivery's headers can name any), an event on a
+    /// partition not tracked yet is delivered live but has no place (as one published without
+    /// Kafka), and this is logged once.
+    fn position(&self, origin: &Origin<'_>) -> Option<(PartitionId, i64)> {
+        let pos = position(origin)?;
+        if self.core.lock().frontier.admits(pos.0) {
+            return Some(pos);
+        }
+        UNTRACKED_PARTITION.call_once(|| {
+            tracing::warn!(
+                %origin,
+                max = MAX_PARTITIONS,
+                "events on more partitions than a cursor can name: those on the others are \
+                 delivered but not resumable"
+            )
+        });
+        None
+    }
+}
+
+static UNTRACKED_PARTITION: std::sync::Once = std::sync::Once::new();
 
 /// An event's place in the log, when its origin names one.
 fn position(origin: &Origin<'_>) -> Option<(PartitionId, i64)> {

@@ -155,10 +155,13 @@ const BULK_TYPE: &str = "com.dapr.event.sent.bulk";
 /// like one read from Kafka, and warned about once.
 fn note_keyless(state: &AppState, headers: &HeaderMap) {
     if headers.contains_key("__partition") && !headers.contains_key("__key") {
-        let topic = headers
-            .get("__topic")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("unknown");
+        // The label is the subscribed topic or `other`: a header's value is not a label, as
+        // every new one would be a series kept for good.
+        let topic = match headers.get("__topic").and_then(|v| v.to_str().ok()) {
+            Some(topic) if topic == state.settings.dapr.topic => topic,
+            Some(_) => "other",
+            None => "unknown",
+        };
         state.stats.kafka_keyless(topic);
         warn_once(
             &KEYLESS_DELIVERY,

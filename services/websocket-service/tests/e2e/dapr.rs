@@ -9,7 +9,7 @@ use crate::harness::*;
 const TOKEN: &str = "sidecar-app-token-0123";
 
 async fn post(gw: &TestGateway, path: &str, body: &Value, headers: &[(&str, String)]) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = http()
         .post(format!("http://{}{path}", gw.addr))
         .header("content-type", "application/cloudevents+json")
         .body(body.to_string());
@@ -59,7 +59,7 @@ async fn dapr_gateway() -> TestGateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_discovery() {
     let gw = dapr_gateway().await;
-    let resp = reqwest::Client::new()
+    let resp = http()
         .get(format!("http://{}/dapr/subscribe", gw.addr))
         .header("dapr-app-id", "websocket-service")
         .header("dapr-api-token", TOKEN)
@@ -94,7 +94,7 @@ async fn subscription_discovery() {
     set(&mut env, "APP_API_TOKEN", TOKEN);
     set(&mut env, "DAPR_SUBSCRIBE", "false");
     let gw = TestGateway::start(env).await;
-    let resp = reqwest::Client::new()
+    let resp = http()
         .get(format!("http://{}/dapr/subscribe", gw.addr))
         .header("dapr-api-token", TOKEN)
         .send()
@@ -210,7 +210,7 @@ async fn deliveries_reach_websocket_clients_and_bad_events_are_dropped() {
         let (status, body) = post(&gw, "/task-updates", event, &sidecar_headers(20 + i as i64)).await;
         assert_eq!((status, body), (200, json!({"status": "DROP"})), "{event}");
     }
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("http://{}/task-updates", gw.addr))
         .header("dapr-api-token", TOKEN)
         .body("{ not json")
@@ -239,7 +239,7 @@ async fn bulk_delivery_answers_each_entry() {
             {"entryId": "e4", "contentType": "application/cloudevents+json", "metadata": {}},
         ]
     });
-    let resp = reqwest::Client::new()
+    let resp = http()
         .post(format!("http://{}/task-updates", gw.addr))
         .header("content-type", "application/json")
         .header("dapr-api-token", TOKEN)
@@ -368,7 +368,7 @@ async fn publisher_through_a_sidecar_to_websocket() {
             "type": "com.dapr.event.sent", "datacontenttype": "application/json",
             "topic": topic, "pubsubname": pubsub, "time": "2026-11-22T10:00:00Z", "data": data,
         });
-        let answer: Value = reqwest::Client::new()
+        let answer: Value = http()
             .post(gateway_route.get_ref())
             .header("content-type", "application/cloudevents+json")
             .header("dapr-api-token", TOKEN)
@@ -506,7 +506,7 @@ async fn a_delivery_to_an_unknown_path_is_retried_not_dropped() {
         json!({"event_type": "task.created", "user_id": "x", "task": {}}),
     );
     for addr in [gw.addr, gw.internal] {
-        let resp = reqwest::Client::new()
+        let resp = http()
             .post(format!("http://{addr}/orders/route-typo"))
             .header("content-type", "application/cloudevents+json")
             .header("dapr-api-token", TOKEN)
@@ -523,5 +523,63 @@ async fn a_delivery_to_an_unknown_path_is_retried_not_dropped() {
         .metrics()
         .await
         .contains("gateway_dapr_deliveries_total{status=\"UNKNOWN_ROUTE\"} 2"));
+    gw.stop().await;
+}
+
+/// A delivery's `__topic` and `__partition` headers come from outside: naming more partitions
+/// than a cursor can hold, or a new topic each time, must not grow the cursors past what is
+/// accepted nor the metrics by a series per name. Every event is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_naming_endless_partitions_are_bounded() {
+    let gw = dapr_gateway().await;
+    let mut client = connect(&format!("{}&since=", gw.url(&token("dapr-user")))).await;
+    // Unbounded, 400 of them (negative partitions, the longest offsets) made a cursor of about
+    // 9,600 characters, which was then refused.
+    const N: i64 = 400;
+    let mut cursor = String::new();
+    for n in 0..N {
+        let headers = vec![
+            ("dapr-api-token", TOKEN.to_string()),
+            ("__topic", format!("invented-{n}")),
+            ("__partition", (-(n + 1) * 7919).to_string()),
+            ("__offset", (i64::MAX - n).to_string()),
+        ];
+        let event = json!({"event_type": "task.updated", "user_id": "dapr-user", "task": {"n": n}});
+        let (status, body) = post(
+            &gw,
+            "/task-updates",
+            &cloudevent(&format!("many-{n}"), event),
+            &headers,
+        )
+        .await;
+        assert_eq!((status, body), (200, json!({"status": "SUCCESS"})));
+        // Heartbeats (this session passed `since`) may come between.
+        let msg = loop {
+            let msg = client.recv().await;
+            if msg["type"] != "heartbeat" {
+                break msg;
+            }
+        };
+        assert_eq!(msg["task"]["n"], n, "{msg}");
+        cursor = msg["cursor"].as_str().expect("a cursor").to_string();
+    }
+    // The replica tracks 256 partitions; the cursor after 400 is still one it accepts.
+    assert!(cursor.len() <= 8000, "{} characters", cursor.len());
+    let again = connect(&format!("{}&since={cursor}", gw.url(&token("dapr-user")))).await;
+    assert_eq!(again.hello["recovered"], true, "{}", again.hello);
+    // Keyless deliveries are counted under one label, not one per invented topic.
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "gateway_kafka_records_keyless_total{{topic=\"other\"}} {N}"
+        )),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("keyless"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(!metrics.contains("invented-"), "a header became a label");
     gw.stop().await;
 }
