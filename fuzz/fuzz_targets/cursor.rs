@@ -5,10 +5,12 @@
 //! a string that decodes to the same cursor. And the other way, from the same bytes read as
 //! positions: any cursor the gateway can hand out (frontier moved by `advance` and `start`,
 //! with any partition and offset a record can name) encodes to a string that decodes to it.
+//! Last, a resume from the decoded cursor on a replica standing at the built one is answered
+//! (a start or a reason, never a panic), and a replica's own cursor resumes without a reason.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use websocket_service::fuzzing::Cursor;
+use websocket_service::fuzzing::{resume, Cursor};
 use websocket_service::hub::cursor::PartitionId;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,6 +27,10 @@ fuzz_target!(|data: &[u8]| {
     let cursor = positions(data);
     let text = cursor.encode();
     assert_eq!(Cursor::decode(&text).as_ref(), Ok(&cursor), "{text}");
+    assert!(resume(&cursor, &cursor).is_ok(), "{text} on its own replica");
+    if let Some(decoded) = std::str::from_utf8(data).ok().and_then(|t| Cursor::decode(t).ok()) {
+        let _ = resume(&decoded, &cursor);
+    }
 });
 
 /// A cursor built from the bytes: per 17 bytes (at most 64 times: a longer cursor may pass

@@ -100,3 +100,44 @@ pub fn verify(auth: &Authenticator, token: &str) -> Result<Identity, AuthError> 
         std::task::Poll::Pending => unreachable!("verification with a static key does not wait"),
     }
 }
+
+/// Where a session resuming from `cursor` starts on a replica whose routing stands at `replica`
+/// and that holds no events yet (`hub::history::History::resume_from`, as an upgrade with
+/// `since` runs it): the start, or why it cannot.
+pub fn resume(cursor: &Cursor, replica: &Cursor) -> Result<u64, crate::hub::history::Unrecoverable> {
+    use crate::hub::history::{History, Limits};
+    let history = History::new(Limits {
+        max_events: 16,
+        max_bytes: 1 << 20,
+        max_age: std::time::Duration::from_secs(60),
+    });
+    for (p, next) in &replica.frontier.0 {
+        history.start_partition(*p, *next);
+    }
+    let instance = replica.local.map_or(0, |(instance, _)| instance);
+    history.resume_from(cursor, &replica.frontier, instance)
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+    use crate::hub::cursor::PartitionId;
+
+    /// The largest positions a cursor or a Dapr delivery can name are answered, not a panic;
+    /// a replica's own position resumes at once.
+    #[test]
+    fn extreme_positions_are_answered() {
+        let p = PartitionId::new("t", i32::MIN);
+        let mut replica = Cursor::default();
+        replica.frontier.start(p, i64::MAX);
+        replica.local = Some((7, u64::MAX));
+        assert_eq!(resume(&replica, &replica), Ok(0));
+        let mut far = Cursor::default();
+        far.frontier.start(p, i64::MIN);
+        far.local = Some((7, u64::MAX));
+        assert!(resume(&far, &replica).is_err());
+        let mut ahead = replica.clone();
+        ahead.frontier.0.insert(p, i64::MAX);
+        assert_eq!(resume(&ahead, &replica), Ok(0));
+    }
+}
