@@ -689,9 +689,13 @@ impl Settings {
         if s.max_connections_per_user == 0 {
             return fail("MAX_CONNECTIONS_PER_USER (server.max_connections_per_user) must be at least 1");
         }
-        if !(1024..=16 * 1024 * 1024).contains(&s.max_frame_bytes) {
-            return fail("MAX_FRAME_BYTES (server.max_frame_bytes) must be between 1024 and 16777216");
-        }
+        within(
+            "MAX_FRAME_BYTES",
+            s.max_frame_bytes as u64,
+            1024,
+            16 * 1024 * 1024,
+        )?;
+        within("LISTEN_BACKLOG", s.listen_backlog.into(), 16, 1 << 20)?;
         if s.session_queue_capacity == 0 {
             return fail("SESSION_QUEUE_CAPACITY (server.session_queue_capacity) must be at least 1");
         }
@@ -758,6 +762,9 @@ impl Settings {
         if self.kafka_enabled() {
             if self.kafka.topics.is_empty() {
                 return fail("KAFKA_TOPICS is empty; name at least one topic (default task-updates)");
+            }
+            if !matches!(self.kafka.start_from.as_str(), "live" | "earliest") {
+                return fail("KAFKA_START_FROM must be live or earliest");
             }
             within(
                 "KAFKA_METADATA_REFRESH_SECS",
@@ -1034,6 +1041,84 @@ mod tests {
             .collect()
     }
 
+    /// Every range the validation holds (each `within` call here) is stated in the README's
+    /// table as `range MIN to MAX`, and both ends are exactly where the code draws the line.
+    #[test]
+    fn the_readme_states_every_range_the_code_holds() {
+        let readme = include_str!("../../../README.md");
+        let source = include_str!("config.rs");
+        let call = concat!("with", "in(");
+        let names: Vec<&str> = source
+            .split(call)
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert!(names.len() > 40, "{names:?}");
+        let base = [("JWT_SECRET", "0123456789abcdef"), ("KAFKA_BROKERS", "k:9092")];
+        for name in names {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{name}` |")))
+                .unwrap_or_else(|| panic!("{name} has no row in the README's table"));
+            let range = row
+                .split("range ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("{name}'s row states no `range MIN to MAX`: {row}"));
+            let number = |s: &str| -> u64 {
+                let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+                digits
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: not a number in {range:?}"))
+            };
+            let min = number(range);
+            let max = number(
+                range
+                    .split(" to ")
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("{name}: {range:?}")),
+            );
+            let refused = format!("{name} must be between");
+            // Settings bound to this one by a rule of their own (a timeout longer than the
+            // interval it follows) are set where that rule holds at both ends.
+            let companions: &[(&str, &str)] = match name {
+                "HEARTBEAT_INTERVAL_SECS" => &[("CLIENT_TIMEOUT_SECS", "86400")],
+                "CLIENT_TIMEOUT_SECS" => &[("HEARTBEAT_INTERVAL_SECS", "1")],
+                "DRAIN_WINDOW_SECS" => &[("SHUTDOWN_GRACE_SECS", "3600")],
+                "SHUTDOWN_GRACE_SECS" => &[("DRAIN_WINDOW_SECS", "0")],
+                _ => &[],
+            };
+            let load = |value: u64| {
+                let value = value.to_string();
+                let mut pairs = base.to_vec();
+                pairs.extend_from_slice(companions);
+                pairs.push((name, &value));
+                match Settings::load(env(&pairs)) {
+                    Ok(_) => String::new(),
+                    Err(e) => e.to_string(),
+                }
+            };
+            for value in [min, max] {
+                let answer = load(value);
+                assert!(
+                    !answer.contains(&refused),
+                    "{name}={value} is in the README's range: {answer}"
+                );
+            }
+            let mut outside = vec![max + 1];
+            if min > 0 {
+                outside.push(min - 1);
+            }
+            for value in outside {
+                let answer = load(value);
+                assert!(
+                    answer.contains(name),
+                    "{name}={value} is outside the README's range: {answer:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn defaults_with_a_secret() {
         let s = Settings::load(env(&[("JWT_SECRET", "0123456789abcdef")])).unwrap();
@@ -1057,6 +1142,7 @@ mod tests {
             ("KAFKA_METADATA_REFRESH_SECS", "18446744073709551615"),
             ("WRITE_TIMEOUT_SECS", "0"),
             ("DEDUP_WINDOW_SECS", "0"),
+            ("KAFKA_START_FROM", "latest"),
         ] {
             let err = Settings::load(env(&[secret, ("KAFKA_BROKERS", "k:9092"), (name, value)]))
                 .unwrap_err()
