@@ -77,7 +77,7 @@ export interface ErrorMessage extends RealtimeMessage {
   type: 'error';
   code: string;
   message: string;
-  /** Set for the client's own errors (a 1003/1009 close: a bug in the client). */
+  /** Set for the client's own errors (a 1002, 1003, 1007 or 1009 close: a bug in the client). */
   closeCode?: number;
 }
 
