@@ -43,8 +43,9 @@ soak: ## Steady load for DURATION (30m, 1h, 600s; default 5m); fails if memory, 
 	scripts/with-broker.sh cargo bench -p websocket-service --bench gateway
 
 FUZZ_SECONDS ?= 60
-fuzz: ## Run every fuzz target (fuzz/, libFuzzer) for FUZZ_SECONDS each (default 60); prints executions per target
-	FUZZ_SECONDS="$(FUZZ_SECONDS)" scripts/fuzz.sh
+FUZZ_ARGS ?=
+fuzz: ## Run every fuzz target (fuzz/, libFuzzer) for FUZZ_SECONDS each (default 60); FUZZ_ARGS: targets, --quick; prints executions per target
+	FUZZ_SECONDS="$(FUZZ_SECONDS)" scripts/fuzz.sh $(FUZZ_ARGS)
 
 fmt: ## Format all Rust code
 	cargo fmt --all
