@@ -643,9 +643,14 @@ pub async fn soak(cfg: &Config) {
         let (per_min, mean) = slope(f);
         // Growing: more than the allowed share of its mean per minute, and more than noise.
         let growing = per_min > (share * mean).max(floor) && half.len() >= 6;
+        // A share of a mean near 0 (the lag) says nothing.
+        let share_of_mean = if mean >= 1.0 {
+            format!("{:+.2}% of the mean", per_min / mean * 100.0)
+        } else {
+            "mean under 1".to_string()
+        };
         println!(
-            "  {name:<15} second half: mean {mean:.0}, slope {per_min:+.1} per minute ({:+.2}% of the mean){}",
-            if mean > 0.0 { per_min / mean * 100.0 } else { 0.0 },
+            "  {name:<15} second half: mean {mean:.0}, slope {per_min:+.1} per minute ({share_of_mean}){}",
             if growing { "  GROWING" } else { "" }
         );
         if growing {
