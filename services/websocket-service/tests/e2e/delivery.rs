@@ -219,12 +219,6 @@ async fn malformed_records_are_counted_and_skipped() {
     gw.stop().await;
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 /// A client that stops reading falls behind: once its queue is full it is left to catch up from
 /// the history, and once it falls out of the history window it is disconnected (4008); the other
 /// tab of the same user keeps receiving everything in order, and memory does not grow with what
@@ -233,20 +227,26 @@ fn rss_bytes() -> u64 {
 async fn a_stalled_client_is_cut_off_and_nobody_else_notices() {
     let brokers = brokers();
     let topic = create_topic(&brokers, 1).await;
-    let mut env = env_for(Some(&brokers), Some(&topic));
-    set(&mut env, "SESSION_QUEUE_CAPACITY", "16");
-    set(&mut env, "HISTORY_MAX_BYTES", "8388608");
-    let gw = TestGateway::start(env).await;
+    // A process of its own: its memory is not shared with the other tests of this binary.
+    let gw = ServiceProcess::spawn(&[
+        ("KAFKA_BROKERS", &brokers),
+        ("KAFKA_TOPICS", &topic),
+        ("GATEWAY_CONTROL_TOPIC", &control_topic(&topic)),
+        ("SESSION_QUEUE_CAPACITY", "16"),
+        ("HISTORY_MAX_BYTES", "8388608"),
+    ])
+    .await;
     gw.wait_ready().await;
-    let mut healthy = connect(&gw.url(&token("s"))).await;
+    let url = format!("ws://{}/ws?token={}", gw.base(), token("s"));
+    let mut healthy = connect(&url).await;
     // Connected, then never read again.
-    let stalled = connect(&gw.url(&token("s"))).await;
+    let stalled = connect(&url).await;
     gw.wait_connections(2).await;
 
     let producer = producer(&brokers);
     let blob = "x".repeat(60 * 1024);
     let events = 800; // ~48 MiB in all: far more than socket buffers and every bounded queue.
-    let rss_before = rss_bytes();
+    let rss_before = gw.rss_kib();
     let reader = tokio::spawn(async move {
         for i in 0..events {
             let msg = healthy.recv().await;
@@ -267,21 +267,23 @@ async fn a_stalled_client_is_cut_off_and_nobody_else_notices() {
         .await
         .expect("healthy tab done")
         .unwrap();
-    let grown = rss_bytes().saturating_sub(rss_before);
+    let grown = gw.rss_kib().saturating_sub(rss_before);
 
     gw.wait_connections(1).await;
-    assert_eq!(
-        websocket_service::telemetry::Stats::get(&gw.stats.slow_client_disconnects),
-        1
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gateway_slow_client_disconnects_total 1"),
+        "{metrics}"
     );
     assert!(
-        grown < 40 * 1024 * 1024,
+        grown < 40 * 1024,
         "process memory grew by {} MiB while a client was stalled",
-        grown / (1024 * 1024)
+        grown / 1024
     );
     healthy.assert_nothing_pending().await;
     drop(stalled);
-    gw.stop().await;
 }
 
 /// A partition that appears on a known topic is picked up and read from its beginning.

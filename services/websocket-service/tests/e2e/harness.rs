@@ -78,6 +78,7 @@ pub fn env_for(brokers: Option<&str>, topic: Option<&str>) -> Vec<(String, Strin
     }
     if let Some(t) = topic {
         env.push(("KAFKA_TOPICS", t.to_string()));
+        env.push(("GATEWAY_CONTROL_TOPIC", control_topic(t)));
     }
     env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
@@ -273,10 +274,18 @@ pub fn token_with(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
 
 // ---- Kafka helpers -------------------------------------------------------------------------
 
+/// A new events topic, and its control topic (see [`env_for`]).
 pub async fn create_topic(brokers: &str, partitions: i32) -> String {
     let topic = unique("e2e");
     create_topic_named(brokers, &topic, partitions).await;
+    create_topic_named(brokers, &control_topic(&topic), 1).await;
     topic
+}
+
+/// The control topic of the gateways reading `topic`: one per test, so that one test's
+/// remembered sessions (catch-up), presence and beats never reach another's gateways.
+pub fn control_topic(topic: &str) -> String {
+    format!("{topic}-control")
 }
 
 /// Creates `topic`, retrying while the broker is still coming up.
@@ -488,6 +497,17 @@ pub struct ServiceProcess {
     pub internal_port: u16,
 }
 
+/// `VmRSS` of a process, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -546,6 +566,57 @@ impl ServiceProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while http()
+            .get(format!("http://{}/ready", self.base()))
+            .send()
+            .await
+            .map_or(true, |r| r.status() != 200)
+        {
+            assert!(Instant::now() < deadline, "{} not ready", self.base());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/health` reports `n` open connections.
+    pub async fn wait_connections(&self, n: u64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let body: Value = http()
+                .get(format!("http://{}/health", self.base()))
+                .send()
+                .await
+                .expect("health")
+                .json()
+                .await
+                .expect("health body");
+            if body["connections"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "connections: {body}, waiting for {n}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its `/metrics` text (internal listener).
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("http://127.0.0.1:{}/metrics", self.internal_port))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     pub fn signal(&self, name: &str) {

@@ -196,7 +196,8 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
         "RPC_LEGACY_TYPES",
         "request_metrics=metrics.get:metrics",
     );
-    set(&mut env, "RPC_TIMEOUT_MS", "700");
+    // Long enough for every quick call on a loaded machine, short enough to wait out twice.
+    set(&mut env, "RPC_TIMEOUT_MS", "2000");
     set(&mut env, "RPC_MAX_IN_FLIGHT", "2");
     set(&mut env, "BACKEND_TOKEN", BACKEND_TOKEN);
     set(&mut env, "SERVER_API_KEY", crate::audiences::API_KEY);
@@ -290,7 +291,7 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
     }
     timed_out.sort();
     assert_eq!(timed_out, ["s1", "s2"]);
-    assert!(started.elapsed() < Duration::from_secs(3), "the deadline holds");
+    assert!(started.elapsed() < Duration::from_secs(5), "the deadline holds");
     // Exactly one answer each: nothing more comes when the backend finally answers.
     backend.release.notify_waiters();
     let deadline = Instant::now() + WAIT;
