@@ -35,7 +35,8 @@ use crate::hub::router::Router;
 use crate::ingest::Origin;
 use crate::telemetry::{partition_labels, Stats};
 
-const SOURCE: &str = "kafka";
+/// Its readiness part: gated from start until the replica has read the log up to where it stood.
+pub const SOURCE: &str = "kafka";
 
 /// Builds the librdkafka configuration: our defaults first, then the operator's pass-through
 /// properties, which win.

@@ -67,6 +67,9 @@ impl Request {
     }
 }
 
+/// Why a resume is refused while the replica starts (the close reason, the HTTP body's).
+pub const STARTING: &str = "this replica is still reading the log, so it cannot resume a cursor yet";
+
 /// Why a session was not admitted.
 #[derive(Debug)]
 pub enum Refused {
@@ -80,6 +83,9 @@ pub enum Refused {
     Limit(LimitHit),
     /// More rooms or event types asked for at connect than allowed: 400.
     TooMany(&'static str),
+    /// A resume while this replica is still reading the log at start: it cannot tell yet what
+    /// the cursor missed (it would answer `recovered: false`), so transient.
+    Starting,
 }
 
 /// What came of a resume.
@@ -171,6 +177,10 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
             }
         }
     };
+    if req.cursor().is_some() && state.readiness.is_gated(crate::ingest::kafka::SOURCE) {
+        state.stats.connection_rejected("starting");
+        return Err(Refused::Starting);
+    }
     // A client that sends no cursor takes over where the user's last such session stood (on any
     // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
     let handoff = if req.catch_up && req.since.is_none() && !anonymous && state.handoffs.enabled() {

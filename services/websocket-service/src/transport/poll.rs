@@ -112,6 +112,9 @@ fn refusal(refused: admission::Refused) -> HttpResponse {
         admission::Refused::KeysUnavailable(error) => HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "2"))
             .json(body("unavailable", error.to_string())),
+        admission::Refused::Starting => HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body("unavailable", admission::STARTING.to_string())),
         admission::Refused::Limit(limit) => HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "2"))
             .json(body("unavailable", limit.to_string())),

@@ -109,6 +109,7 @@ fn refusal(refused: admission::Refused, retry_ms: u64) -> HttpResponse {
             HttpResponse::TooManyRequests().json(body("too_many_connections", LimitHit::PerUser.to_string()))
         }
         admission::Refused::KeysUnavailable(error) => retry_later(retry_ms, &error.to_string()),
+        admission::Refused::Starting => retry_later(retry_ms, admission::STARTING),
         admission::Refused::Limit(limit) => retry_later(retry_ms, &limit.to_string()),
     }
 }

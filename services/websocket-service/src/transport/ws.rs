@@ -125,6 +125,13 @@ pub async fn ws_route(
                 admission::Refused::Limit(LimitHit::Draining) => {
                     close_now(session, close::GOING_AWAY, "server shutting down: reconnect").await;
                 }
+                admission::Refused::Starting => {
+                    close_paced(
+                        delay,
+                        session,
+                        &format!("try again later: {}", admission::STARTING),
+                    );
+                }
             }
             return Ok(response);
         }
