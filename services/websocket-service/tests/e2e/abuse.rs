@@ -279,7 +279,9 @@ async fn a_trickled_frame_is_cut_at_the_idle_timeout() {
     // Pings (0x89) may come first; the close (0x88) carries 4000.
     let close = seen.windows(4).find(|w| w[0] == 0x88).expect("a close frame");
     assert_eq!(u16::from_be_bytes([close[2], close[3]]), 4000);
-    assert!(took < Duration::from_secs(4), "closed after {took:?}");
+    // Cut at the timeout (2 s, checked every 1 s heartbeat), long before the frame is whole
+    // (about 30 s): 8 s leaves a loaded machine room.
+    assert!(took < Duration::from_secs(8), "closed after {took:?}");
     gw.stop().await;
 }
 

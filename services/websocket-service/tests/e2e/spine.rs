@@ -110,16 +110,27 @@ async fn an_event_queued_during_a_blocked_reply_is_delivered() {
     let client = connect_small_buffer(&gw.url(&token("flood"))).await;
     let (mut sink, mut stream) = client.ws.split();
     // Far more pongs than the socket buffers and actix-ws's channel hold.
-    let pinger = tokio::spawn(async move {
-        for _ in 0..150_000 {
-            if sink.feed(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
-                break;
+    let fed = Arc::new(AtomicU64::new(0));
+    let pinger = tokio::spawn({
+        let fed = fed.clone();
+        async move {
+            for _ in 0..150_000 {
+                if sink.feed(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                    break;
+                }
+                fed.fetch_add(1, Ordering::Relaxed);
             }
+            let _ = sink.flush().await;
+            sink
         }
-        let _ = sink.flush().await;
-        sink
     });
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The event comes once the flood is well under way (not after a fixed pause, which a loaded
+    // machine may not fill).
+    let deadline = Instant::now() + WAIT;
+    while fed.load(Ordering::Relaxed) < 20_000 && !pinger.is_finished() {
+        assert!(Instant::now() < deadline, "the pinger is stuck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     produce(
         &producer(&brokers),
         &topic,
