@@ -121,13 +121,16 @@ impl Feed {
     }
 
     /// The session's resume position now: the current frontier when it has written everything
-    /// offered to it, else the cursor of the last message written.
+    /// offered to it and is still offered everything, else the cursor of the last message
+    /// written. A kicked session is offered nothing more (it is winding down), so the frontier
+    /// would claim events it never got.
     pub fn cursor(&self, router: &Router) -> Arc<str> {
         let idle = || {
             self.head.is_none()
                 && self.outbox.is_empty()
                 && self.mailbox.is_empty()
                 && self.mailbox.lag().is_none()
+                && self.mailbox.kicked().is_none()
         };
         router.cursor_if(idle).unwrap_or_else(|| self.last_cursor.clone())
     }
@@ -272,4 +275,81 @@ pub fn snapshot_for(
         .into_iter()
         .filter_map(|e| registry.offer_one(id, &e).map(|room| (e, room)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::hub::dedup::Dedup;
+    use crate::hub::history::{History, Limits};
+    use crate::hub::registry::{Limits as SessionLimits, Profile};
+    use crate::hub::state::StateStore;
+    use crate::ingest::Origin;
+    use crate::telemetry::Stats;
+
+    fn router() -> (Router, Arc<Registry>) {
+        let registry = Arc::new(Registry::new(SessionLimits {
+            max_total: 10,
+            max_per_user: 10,
+            max_anonymous: 0,
+            queue_capacity: 16,
+            catch_up: true,
+        }));
+        let router = Router::new(
+            registry.clone(),
+            Arc::new(Stats::default()),
+            Dedup::new(Duration::from_secs(60), 1000),
+            History::new(Limits {
+                max_events: 100,
+                max_bytes: 1 << 20,
+                max_age: Duration::from_secs(60),
+            }),
+            StateStore::new(Duration::from_secs(60), 100),
+        );
+        router.start_partition("t", 0, 0);
+        (router, registry)
+    }
+
+    fn event_for(user: &str, n: i64) -> task_events::Event {
+        let json = format!(r#"{{"event_type":"task.updated","user_id":"{user}","task":{{"n":{n}}}}}"#);
+        task_events::Event::from_json(json.as_bytes()).unwrap()
+    }
+
+    fn at(offset: i64) -> Origin<'static> {
+        Origin::Kafka {
+            topic: "t",
+            partition: 0,
+            offset,
+            timestamp_ms: None,
+        }
+    }
+
+    /// Found under load by `seeds::a_drain_loses_nothing_for_clients_without_a_cursor`: a kicked
+    /// session (the drain's 1001) is offered nothing more, so while it winds down its position
+    /// is the last message it wrote, not the replica's frontier. Taken as the frontier, the
+    /// next session of the user (a client without a cursor, taken over on another replica)
+    /// skipped what was routed between the kick and the end: lost.
+    #[test]
+    fn a_kicked_session_stands_where_it_last_wrote() {
+        let (router, registry) = router();
+        let slot = registry.admit(Profile::user("u")).unwrap();
+        let mut feed = Feed::new(slot.mailbox().clone(), slot.id(), router.current_cursor(), None);
+        router.route(event_for("u", 1), at(0));
+        let Next::Item(item) = feed.next(&router, &registry) else {
+            panic!("the first event is offered");
+        };
+        feed.written(&item, &router);
+        let after_first = feed.cursor(&router);
+        assert_eq!(after_first, router.current_cursor(), "idle: the frontier");
+
+        slot.mailbox().kick(1001);
+        router.route(event_for("u", 2), at(1));
+        assert_eq!(
+            feed.cursor(&router),
+            after_first,
+            "the event routed after the kick was never offered: not covered"
+        );
+    }
 }
