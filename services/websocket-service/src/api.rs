@@ -178,7 +178,7 @@ pub async fn revoke(req: HttpRequest, body: web::Bytes, state: web::Data<AppStat
         Err(refused) => return refused,
     };
     let merged = state.revocations.insert(target.clone(), merged);
-    let closed = close_revoked(&state.registry, &target, &merged);
+    let closed = close_revoked(&state.router, &target, &merged);
     state.stats.revoked_sessions(closed);
     tracing::info!(key = target.key(), closed, "token revocation");
     HttpResponse::Ok().json(json!({
@@ -260,7 +260,7 @@ pub async fn disconnect(req: HttpRequest, body: web::Bytes, state: web::Data<App
             let _ = control.write(&key, None).await;
         });
     }
-    let closed = order.apply(&state.registry);
+    let closed = order.apply(&state.router);
     state.stats.disconnected_sessions(closed);
     HttpResponse::Ok().json(json!({"closed_here": closed, "code": code, "scope": scope(written)}))
 }

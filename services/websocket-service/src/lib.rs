@@ -404,7 +404,7 @@ impl Gateway {
             }
             let batch = waiting.len().div_ceil((steps - step) as usize);
             for mailbox in waiting.iter().take(batch) {
-                mailbox.kick(protocol::close::GOING_AWAY);
+                state.router.kick(mailbox, protocol::close::GOING_AWAY);
             }
             self.until_no_session(started + window * (step + 1) / steps).await;
         }

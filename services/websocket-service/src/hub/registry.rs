@@ -49,6 +49,9 @@ pub struct Mailbox {
     wake: Notify,
     /// Close code the session must close with, 0 while it may live.
     kicked: AtomicU16,
+    /// The replica's position when the session was kicked, taken under the routing lock: what
+    /// was routed before was offered to it, nothing after is (see [`Mailbox::kicked_at`]).
+    kicked_at: Mutex<Option<Arc<str>>>,
     capacity: usize,
     /// The seq of the oldest message offered to the session and not written yet (`LIVE`: none):
     /// how far every session of this replica has surely been written (its beat).
@@ -63,6 +66,7 @@ impl Mailbox {
             catch_up,
             wake: Notify::new(),
             kicked: AtomicU16::new(0),
+            kicked_at: Mutex::new(None),
             capacity,
             unwritten: AtomicU64::new(LIVE),
         }
@@ -144,10 +148,27 @@ impl Mailbox {
 
     /// Tells the session to close with `code`. The first kick wins.
     pub fn kick(&self, code: u16) {
-        let _ = self
+        self.kick_at(code, None);
+    }
+
+    /// Tells the session to close with `code`, noting `position`: the replica's cursor at this
+    /// moment, taken under the routing lock (`Router::kick`). The first kick wins.
+    pub fn kick_at(&self, code: u16, position: Option<Arc<str>>) {
+        if self
             .kicked
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            *self.kicked_at.lock() = position;
+        }
         self.wake.notify_one();
+    }
+
+    /// Where the replica stood when the session was kicked, if that was noted. Once kicked it is
+    /// offered nothing more, so a session that has written everything offered to it stands
+    /// here, not at the replica's frontier (which moves on without it).
+    pub fn kicked_at(&self) -> Option<Arc<str>> {
+        self.kicked_at.lock().clone()
     }
 
     /// The close code if the session was kicked.
@@ -430,6 +451,7 @@ impl Registry {
         matches: impl Fn(&Profile) -> bool,
         code: u16,
         reason: &str,
+        position: Option<Arc<str>>,
     ) -> usize {
         let index = self.index.read();
         let ids: Vec<SessionId> = match user {
@@ -445,7 +467,7 @@ impl Registry {
                 continue;
             }
             self.reasons.lock().insert(id, reason.into());
-            entry.mailbox.kick(code);
+            entry.mailbox.kick_at(code, position.clone());
             kicked += 1;
         }
         kicked

@@ -57,6 +57,34 @@ struct Core {
     local: u64,
 }
 
+impl Core {
+    /// Covers `offset` on `partition`, whatever came of the event there. A partition seen for
+    /// the first time (not assigned by the Kafka source: a Dapr delivery) starts here, in the
+    /// history too, whose record of it is complete from here. Past [`MAX_PARTITIONS`] (a Dapr
+    /// delivery's headers can name any) a new one is not tracked: false, and logged once; the
+    /// event is then delivered but not resumable, as one published without Kafka.
+    fn place(&mut self, history: &History, partition: PartitionId, offset: i64, origin: &Origin<'_>) -> bool {
+        if self.frontier.get(partition).is_none() {
+            if !self.frontier.admits(partition) {
+                UNTRACKED_PARTITION.call_once(|| {
+                    tracing::warn!(
+                        %origin,
+                        max = MAX_PARTITIONS,
+                        "events on more partitions than a cursor can name: those on the others are \
+                         delivered but not resumable"
+                    )
+                });
+                return false;
+            }
+            self.frontier.start(partition, offset);
+            history.start_partition(partition, offset);
+        }
+        self.frontier.advance(partition, offset);
+        self.encoded = None;
+        true
+    }
+}
+
 pub struct Router {
     registry: Arc<Registry>,
     stats: Arc<Stats>,
@@ -121,6 +149,16 @@ impl Router {
     pub fn start_partition(&self, topic: &str, partition: i32, offset: i64) {
         let p = PartitionId::new(topic, partition);
         let mut core = self.core.lock();
+        if !core.frontier.admits(p) {
+            tracing::warn!(
+                topic,
+                partition,
+                max = MAX_PARTITIONS,
+                "a Kafka partition past the partitions a cursor can name: its events are \
+                 delivered but not resumable"
+            );
+            return;
+        }
         core.frontier.start(p, offset);
         core.encoded = None;
         self.history.start_partition(p, offset);
@@ -145,10 +183,8 @@ impl Router {
             Err(error) => {
                 self.stats.event_malformed(&origin, &error);
                 // Still covered: a cursor past a bad record is a good cursor.
-                if let Some(p) = position(&origin) {
-                    let mut core = self.core.lock();
-                    core.frontier.advance(p.0, p.1);
-                    core.encoded = None;
+                if let Some((p, offset)) = position(&origin) {
+                    self.core.lock().place(&self.history, p, offset, &origin);
                 }
                 Err(error)
             }
@@ -170,9 +206,7 @@ impl Router {
                 self.stats.rpc_reply(taken);
             }
             if let Some((p, offset)) = position(&origin) {
-                let mut core = self.core.lock();
-                core.frontier.advance(p, offset);
-                core.encoded = None;
+                self.core.lock().place(&self.history, p, offset, &origin);
             }
             return Routed::Reply(taken);
         }
@@ -180,14 +214,12 @@ impl Router {
             Some(id) => id,
             None => uuid::Uuid::now_v7().to_string(),
         };
-        let pos = self.position(&origin);
+        let pos = position(&origin);
         if !self.dedup.first_time(&id) {
             self.stats.duplicate();
             tracing::debug!(id, %origin, "duplicate event not delivered again");
             if let Some((p, offset)) = pos {
-                let mut core = self.core.lock();
-                core.frontier.advance(p, offset);
-                core.encoded = None;
+                self.core.lock().place(&self.history, p, offset, &origin);
             }
             return Routed::Duplicate;
         }
@@ -196,9 +228,7 @@ impl Router {
             // Compare-before-send: the value held is the same. Still covered by cursors.
             self.stats.state_unchanged();
             if let Some((p, offset)) = pos {
-                let mut core = self.core.lock();
-                core.frontier.advance(p, offset);
-                core.encoded = None;
+                self.core.lock().place(&self.history, p, offset, &origin);
             }
             return Routed::Unchanged;
         }
@@ -209,17 +239,10 @@ impl Router {
             .occurred_at()
             .map_or_else(|| origin.fallback_timestamp(), str::to_string);
         let mut core = self.core.lock();
-        match pos {
-            Some((p, offset)) => {
-                if core.frontier.get(p).is_none() {
-                    // First sight of a partition not assigned by the Kafka source (a Dapr
-                    // delivery): the history of it is complete from here.
-                    core.frontier.start(p, offset);
-                    self.history.start_partition(p, offset);
-                }
-                core.frontier.advance(p, offset)
-            }
-            None => core.local += 1,
+        // Decided under the lock: past the bound an event has no place (as one without Kafka).
+        let pos = pos.filter(|&(p, offset)| core.place(&self.history, p, offset, &origin));
+        if pos.is_none() {
+            core.local += 1;
         }
         core.encoded = None;
         let seq = core.next_seq;
@@ -280,6 +303,28 @@ impl Router {
             self.replies
                 .take(kind, crate::hub::registry::session_id(session), data),
         )
+    }
+
+    /// Tells a session to close with `code`, noting where the replica stands: under the routing
+    /// lock, so every event routed before was offered to it and none after will be.
+    pub fn kick(&self, mailbox: &crate::hub::registry::Mailbox, code: u16) {
+        let mut core = self.core.lock();
+        let position = self.encoded(&mut core);
+        mailbox.kick_at(code, Some(position));
+    }
+
+    /// [`Registry::kick_where`], noting where the replica stands (as [`Router::kick`]).
+    pub fn kick_where(
+        &self,
+        user: Option<&str>,
+        matches: impl Fn(&Profile) -> bool,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let mut core = self.core.lock();
+        let position = self.encoded(&mut core);
+        self.registry
+            .kick_where(user, matches, code, reason, Some(position))
     }
 
     /// The cursor of a session that has written every message offered to it: the current
@@ -371,28 +416,6 @@ pub struct Admitted {
     /// For a resume: the history seq it catches up from (`u64::MAX`: nothing to replay), or why
     /// it cannot.
     pub resume: Option<Result<u64, Unrecoverable>>,
-}
-
-impl Router {
-    /// An event's place in the log, when its origin names one that cursors can name: past
-    /// [`MAX_PARTITIONS`] partitions (a Dapr delivery's headers can name any), an event on a
-    /// partition not tracked yet is delivered live but has no place (as one published without
-    /// Kafka), and this is logged once.
-    fn position(&self, origin: &Origin<'_>) -> Option<(PartitionId, i64)> {
-        let pos = position(origin)?;
-        if self.core.lock().frontier.admits(pos.0) {
-            return Some(pos);
-        }
-        UNTRACKED_PARTITION.call_once(|| {
-            tracing::warn!(
-                %origin,
-                max = MAX_PARTITIONS,
-                "events on more partitions than a cursor can name: those on the others are \
-                 delivered but not resumable"
-            )
-        });
-        None
-    }
 }
 
 static UNTRACKED_PARTITION: std::sync::Once = std::sync::Once::new();

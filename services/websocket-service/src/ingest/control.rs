@@ -77,8 +77,8 @@ impl Disconnect {
     }
 
     /// Closes the matching sessions here; how many.
-    pub fn apply(&self, registry: &Registry) -> usize {
-        registry.kick_where(
+    pub fn apply(&self, router: &Router) -> usize {
+        router.kick_where(
             Some(&self.user),
             // Not a session that connected after the order (it may have reconnected already).
             |p| {
@@ -92,7 +92,7 @@ impl Disconnect {
 }
 
 /// Closes the sessions a revocation covers, here; how many.
-pub fn close_revoked(registry: &Registry, target: &Target, revocation: &Revocation) -> usize {
+pub fn close_revoked(router: &Router, target: &Target, revocation: &Revocation) -> usize {
     let covers = |p: &crate::hub::registry::Profile| {
         revocation.covers(&crate::hub::revocations::Token {
             user: &p.user,
@@ -101,13 +101,13 @@ pub fn close_revoked(registry: &Registry, target: &Target, revocation: &Revocati
         })
     };
     match target {
-        Target::User(user) => registry.kick_where(
+        Target::User(user) => router.kick_where(
             Some(user),
             covers,
             crate::protocol::close::UNAUTHORIZED,
             "revoked",
         ),
-        Target::Jti(jti) => registry.kick_where(
+        Target::Jti(jti) => router.kick_where(
             None,
             |p| p.jti.as_deref() == Some(jti.as_str()) && covers(p),
             crate::protocol::close::UNAUTHORIZED,
@@ -410,7 +410,7 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
                     .revocations
                     .apply(target.clone(), Some(revocation), crate::hub::handoff::unix_ms());
                 if revocation.until_ms > crate::hub::handoff::unix_ms() {
-                    let closed = close_revoked(&state.registry, &target, &revocation);
+                    let closed = close_revoked(&state.router, &target, &revocation);
                     state.stats.revoked_sessions(closed);
                 }
             }
@@ -422,7 +422,7 @@ fn apply(state: &Shared, key: Option<&[u8]>, value: Option<&[u8]>) {
         };
         let age = crate::hub::handoff::unix_ms().saturating_sub(order.at_ms);
         if order.replica != *state.presence.replica && age <= DISCONNECT_VALID.as_millis() as u64 {
-            let closed = order.apply(&state.registry);
+            let closed = order.apply(&state.router);
             state.stats.disconnected_sessions(closed);
         }
     } else if let Some(replica) = Beat::from_key(key) {

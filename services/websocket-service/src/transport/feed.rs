@@ -120,18 +120,23 @@ impl Feed {
         self.last_cursor = router.history().cursor_of(&item.1, router.instance());
     }
 
-    /// The session's resume position now: the current frontier when it has written everything
-    /// offered to it and is still offered everything, else the cursor of the last message
-    /// written. A kicked session is offered nothing more (it is winding down), so the frontier
-    /// would claim events it never got.
+    /// The session's resume position now: when it has written everything offered to it, the
+    /// current frontier (or, once kicked, where the replica stood at the kick: it is offered
+    /// nothing after, so the frontier would claim events it never got); else the cursor of the
+    /// last message written.
     pub fn cursor(&self, router: &Router) -> Arc<str> {
         let idle = || {
             self.head.is_none()
                 && self.outbox.is_empty()
                 && self.mailbox.is_empty()
                 && self.mailbox.lag().is_none()
-                && self.mailbox.kicked().is_none()
         };
+        if self.mailbox.kicked().is_some() {
+            return match self.mailbox.kicked_at() {
+                Some(at) if idle() => at,
+                _ => self.last_cursor.clone(),
+            };
+        }
         router.cursor_if(idle).unwrap_or_else(|| self.last_cursor.clone())
     }
 
@@ -344,12 +349,39 @@ mod tests {
         let after_first = feed.cursor(&router);
         assert_eq!(after_first, router.current_cursor(), "idle: the frontier");
 
-        slot.mailbox().kick(1001);
+        // Events for others move the frontier on: an idle session stands there too, so that a
+        // takeover does not replay from an old position (the history may no longer hold it).
+        router.route(event_for("other", 1), at(1));
+        let at_kick = router.current_cursor();
+        assert_ne!(at_kick, after_first);
+        router.kick(slot.mailbox(), 1001);
+        router.route(event_for("u", 2), at(2));
+        assert_eq!(
+            feed.cursor(&router),
+            at_kick,
+            "where the replica stood at the kick: the event routed after it was never offered"
+        );
+    }
+
+    /// Kicked with messages still queued: it stands where it last wrote, and the queued ones are
+    /// replayed by whoever takes over.
+    #[test]
+    fn a_kicked_session_with_messages_queued_stands_where_it_last_wrote() {
+        let (router, registry) = router();
+        let slot = registry.admit(Profile::user("u")).unwrap();
+        let mut feed = Feed::new(slot.mailbox().clone(), slot.id(), router.current_cursor(), None);
+        router.route(event_for("u", 1), at(0));
+        let Next::Item(item) = feed.next(&router, &registry) else {
+            panic!("the first event is offered");
+        };
+        feed.written(&item, &router);
+        let after_first = feed.cursor(&router);
         router.route(event_for("u", 2), at(1));
+        router.kick(slot.mailbox(), 1001);
         assert_eq!(
             feed.cursor(&router),
             after_first,
-            "the event routed after the kick was never offered: not covered"
+            "the second is queued, not written"
         );
     }
 }
