@@ -191,6 +191,15 @@ impl Handoffs {
         !self.timing.window.is_zero()
     }
 
+    /// Whether a session of `user` is recorded (taken or not): a client without a cursor may
+    /// have somewhere to take over from.
+    pub fn has(&self, workspace: Option<&str>, user: &str) -> bool {
+        self.inner
+            .lock()
+            .sessions
+            .contains_key(&Self::key(workspace, user))
+    }
+
     fn key(workspace: Option<&str>, user: &str) -> UserKey {
         (workspace.map(Arc::from), Arc::from(user))
     }

@@ -177,13 +177,20 @@ pub async fn admit(state: &AppState, req: &Request) -> Result<Admitted, Refused>
             }
         }
     };
-    if req.cursor().is_some() && state.readiness.is_gated(crate::ingest::kafka::SOURCE) {
+    // A client that sends no cursor takes over where the user's last such session stood (on any
+    // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
+    let catch_up = req.catch_up && req.since.is_none() && !anonymous && state.handoffs.enabled();
+    // Until the replica has read the log at start it cannot tell what a cursor missed: a resume,
+    // or a takeover of a recorded session, is refused as transient rather than answered
+    // `recovered: false` (which would also use the record up). Other sessions are admitted.
+    if state.readiness.is_gated(crate::ingest::kafka::SOURCE)
+        && (req.cursor().is_some()
+            || (catch_up && state.handoffs.has(workspace.as_deref(), &identity.user_id)))
+    {
         state.stats.connection_rejected("starting");
         return Err(Refused::Starting);
     }
-    // A client that sends no cursor takes over where the user's last such session stood (on any
-    // replica, within CATCHUP_WINDOW_SECS): its cursor, rooms and filter.
-    let handoff = if req.catch_up && req.since.is_none() && !anonymous && state.handoffs.enabled() {
+    let handoff = if catch_up {
         take_over(state, workspace.as_deref(), &identity.user_id).await
     } else {
         None

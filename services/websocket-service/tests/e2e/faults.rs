@@ -54,6 +54,13 @@ async fn broker_down_at_start_then_up() {
     let poll = format!("/events/poll?token={}&since={cursor}", token("late"));
     let (status, body) = gw.get(&poll).await;
     assert_eq!(status, 503, "{body}");
+    // Nor a client without a cursor that has a session to take over (it ended here a moment
+    // ago): the takeover would use the record up for nothing.
+    let seed = connect(&gw.url(&token("seed"))).await;
+    drop(seed);
+    gw.wait_connections(1).await;
+    let reason = expect_close(&gw.url(&token("seed")), 1013).await;
+    assert!(reason.contains("still reading the log"), "{reason}");
 
     broker.start().await;
     create_topic_named(&broker.addr(), &topic, 1).await;
@@ -71,6 +78,13 @@ async fn broker_down_at_start_then_up() {
     // read: not recovered, but admitted).
     let resumed = connect(&format!("{}&since={cursor}", gw.url(&token("late")))).await;
     assert_eq!(resumed.hello["recovered"], false, "{}", resumed.hello);
+    // And the client without a cursor takes over its session now.
+    connect(&gw.url(&token("seed"))).await;
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"gateway_catchups_total{reason="here"} 1"#),
+        "{metrics}"
+    );
     gw.stop().await;
     broker.kill();
 }
