@@ -192,6 +192,8 @@ fn totals(tracks: &[Arc<Mutex<Track>>]) -> (u64, u64, u64) {
 struct Publisher {
     published: Arc<AtomicU64>,
     paused: Arc<AtomicBool>,
+    /// Set by the task when it saw `paused` with no send in flight.
+    idle: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     /// Malformed records per 10 events (0 or 1).
     malformed: Arc<AtomicBool>,
@@ -214,6 +216,8 @@ impl Publisher {
         );
         let malformed = Arc::new(AtomicBool::new(false));
         let malformed_sent = Arc::new(AtomicU64::new(0));
+        let idle = Arc::new(AtomicBool::new(false));
+        let id = idle.clone();
         let (p, pa, st, ma, ms) = (
             published.clone(),
             paused.clone(),
@@ -227,9 +231,11 @@ impl Publisher {
             let mut seq = 0u64;
             while !st.load(Ordering::Relaxed) {
                 tick.tick().await;
-                if pa.load(Ordering::Relaxed) {
+                if pa.load(Ordering::Acquire) {
+                    id.store(true, Ordering::Release);
                     continue;
                 }
+                id.store(false, Ordering::Release);
                 let room = seq as usize % rooms;
                 let key = format!("room:/bench-{room}");
                 let value = json!({"event_type": "room.event", "to": {"room": format!("bench-{room}")},
@@ -271,10 +277,20 @@ impl Publisher {
         Publisher {
             published,
             paused,
+            idle,
             stop,
             malformed,
             malformed_sent,
             task,
+        }
+    }
+
+    /// Pauses, and returns once no send is in flight (every event published so far is acked).
+    async fn pause(&self) {
+        self.idle.store(false, Ordering::Release);
+        self.paused.store(true, Ordering::Release);
+        while !self.idle.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -467,8 +483,7 @@ pub async fn chaos(cfg: &Config) {
     // 4. Broker restart. This tansu build keeps its log in memory only: the restart loses it, so
     // the topic is recreated and its offsets padded to where they stood, as a broker with durable
     // storage would come back. The producer waits meanwhile (its events are not lost, only later).
-    publisher.paused.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher.pause().await;
     let high = high_watermark(&cfg.brokers, &topic);
     let t = Instant::now();
     broker.kill();
@@ -488,7 +503,7 @@ pub async fn chaos(cfg: &Config) {
     }
     let back = t.elapsed().as_secs_f64();
     let from = publisher.published.load(Ordering::Relaxed);
-    publisher.paused.store(false, Ordering::Relaxed);
+    publisher.paused.store(false, Ordering::Release);
     // Recovered: events published after the restart reach every client.
     let recovered = live_again(&tracks, rooms, from, t).await;
     tokio::time::sleep(phase / 2).await;

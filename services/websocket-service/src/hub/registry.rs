@@ -444,14 +444,14 @@ impl Registry {
     }
 
     /// Kicks every session of `user` (every session, when `None`) whose profile `matches`, with
-    /// `code` and `reason`. Returns how many.
+    /// `code` and `reason`, noting `position` (see [`Mailbox::kick_at`]). Returns how many.
     pub fn kick_where(
         &self,
         user: Option<&str>,
         matches: impl Fn(&Profile) -> bool,
         code: u16,
         reason: &str,
-        position: Option<Arc<str>>,
+        position: Arc<str>,
     ) -> usize {
         let index = self.index.read();
         let ids: Vec<SessionId> = match user {
@@ -467,7 +467,7 @@ impl Registry {
                 continue;
             }
             self.reasons.lock().insert(id, reason.into());
-            entry.mailbox.kick_at(code, position.clone());
+            entry.mailbox.kick_at(code, Some(position.clone()));
             kicked += 1;
         }
         kicked

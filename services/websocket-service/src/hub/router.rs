@@ -323,8 +323,7 @@ impl Router {
     ) -> usize {
         let mut core = self.core.lock();
         let position = self.encoded(&mut core);
-        self.registry
-            .kick_where(user, matches, code, reason, Some(position))
+        self.registry.kick_where(user, matches, code, reason, position)
     }
 
     /// The cursor of a session that has written every message offered to it: the current

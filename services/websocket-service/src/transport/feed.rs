@@ -289,7 +289,7 @@ mod tests {
     use super::*;
     use crate::hub::dedup::Dedup;
     use crate::hub::history::{History, Limits};
-    use crate::hub::registry::{Limits as SessionLimits, Profile};
+    use crate::hub::registry::{Limits as SessionLimits, Profile, Slot};
     use crate::hub::state::StateStore;
     use crate::ingest::Origin;
     use crate::telemetry::Stats;
@@ -331,13 +331,8 @@ mod tests {
         }
     }
 
-    /// Found under load by `seeds::a_drain_loses_nothing_for_clients_without_a_cursor`: a kicked
-    /// session (the drain's 1001) is offered nothing more, so while it winds down its position
-    /// is the last message it wrote, not the replica's frontier. Taken as the frontier, the
-    /// next session of the user (a client without a cursor, taken over on another replica)
-    /// skipped what was routed between the kick and the end: lost.
-    #[test]
-    fn a_kicked_session_stands_where_it_last_wrote() {
+    /// A session of `u` that was offered one event and wrote it; its cursor then.
+    fn wrote_one() -> (Router, Slot, Feed, Arc<str>) {
         let (router, registry) = router();
         let slot = registry.admit(Profile::user("u")).unwrap();
         let mut feed = Feed::new(slot.mailbox().clone(), slot.id(), router.current_cursor(), None);
@@ -347,6 +342,17 @@ mod tests {
         };
         feed.written(&item, &router);
         let after_first = feed.cursor(&router);
+        (router, slot, feed, after_first)
+    }
+
+    /// Found under load by `seeds::a_drain_loses_nothing_for_clients_without_a_cursor`: a kicked
+    /// session (the drain's 1001) is offered nothing more, so while it winds down its position
+    /// is the last message it wrote, not the replica's frontier. Taken as the frontier, the
+    /// next session of the user (a client without a cursor, taken over on another replica)
+    /// skipped what was routed between the kick and the end: lost.
+    #[test]
+    fn a_kicked_session_stands_where_it_last_wrote() {
+        let (router, slot, feed, after_first) = wrote_one();
         assert_eq!(after_first, router.current_cursor(), "idle: the frontier");
 
         // Events for others move the frontier on: an idle session stands there too, so that a
@@ -367,15 +373,7 @@ mod tests {
     /// replayed by whoever takes over.
     #[test]
     fn a_kicked_session_with_messages_queued_stands_where_it_last_wrote() {
-        let (router, registry) = router();
-        let slot = registry.admit(Profile::user("u")).unwrap();
-        let mut feed = Feed::new(slot.mailbox().clone(), slot.id(), router.current_cursor(), None);
-        router.route(event_for("u", 1), at(0));
-        let Next::Item(item) = feed.next(&router, &registry) else {
-            panic!("the first event is offered");
-        };
-        feed.written(&item, &router);
-        let after_first = feed.cursor(&router);
+        let (router, slot, feed, after_first) = wrote_one();
         router.route(event_for("u", 2), at(1));
         router.kick(slot.mailbox(), 1001);
         assert_eq!(

@@ -104,7 +104,7 @@ async fn upgrade_flood_is_refused_and_leaves_nothing_behind() {
     for _ in 0..20 {
         hostile_upgrade(addr, "/ws".into()).await;
     }
-    let (rss_before, fds_before) = (rss_kib(service.pid()), fds(service.pid()));
+    let (rss_before, fds_before) = (service.rss_kib(), fds(service.pid()));
 
     let started = Instant::now();
     let mut flood = Vec::new();
@@ -165,7 +165,7 @@ async fn upgrade_flood_is_refused_and_leaves_nothing_behind() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let grown = rss_kib(service.pid()).saturating_sub(rss_before);
+    let grown = service.rss_kib().saturating_sub(rss_before);
     println!("upgrade flood: 1000 upgrades in {took:?}, {outcomes:?}, RSS +{grown} KiB");
     assert!(
         grown < 32 * 1024,
@@ -182,9 +182,10 @@ async fn slow_request_heads_are_dropped_after_5_s() {
     let gw = TestGateway::start(conformance::env()).await;
     let addr = gw.addr;
     let dropped = Arc::new(AtomicUsize::new(0));
+    let opened = Arc::new(AtomicUsize::new(0));
     let mut slow = Vec::new();
     for i in 0..40 {
-        let dropped = dropped.clone();
+        let (dropped, opened) = (dropped.clone(), opened.clone());
         slow.push(tokio::spawn(async move {
             let started = Instant::now();
             let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -196,6 +197,7 @@ async fn slow_request_heads_are_dropped_after_5_s() {
                     .await
                     .unwrap();
             }
+            opened.fetch_add(1, Ordering::SeqCst);
             let mut answer = Vec::new();
             let mut chunk = [0u8; 256];
             loop {
@@ -220,7 +222,13 @@ async fn slow_request_heads_are_dropped_after_5_s() {
             (started.elapsed(), String::from_utf8_lossy(&answer).to_string())
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every slow connection is open: the good client comes while they are held (each is
+    // dropped no sooner than 4.5 s, checked below).
+    let deadline = Instant::now() + WAIT;
+    while opened.load(Ordering::SeqCst) < 40 {
+        assert!(Instant::now() < deadline, "the slow connections did not open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(dropped.load(Ordering::SeqCst), 0, "not before the deadline");
     let mut good = connect(&gw.url(&token("patient"))).await;
     good.assert_nothing_pending().await;
@@ -329,7 +337,7 @@ async fn a_frame_that_lies_about_its_size_is_closed_at_once() {
 async fn a_frame_that_lies_about_its_size_is_not_buffered() {
     let service = ServiceProcess::spawn(&[]).await;
     let addr: std::net::SocketAddr = service.base().parse().unwrap();
-    let rss_before = rss_kib(service.pid());
+    let rss_before = service.rss_kib();
     let mut raw = Raw::upgrade(addr, &format!("/ws?token={}", token("liar")), "").await;
     assert_eq!(raw.text().await["type"], "connected");
     raw.send_bytes(&header(true, 0, TEXT, Some(key()), 1 << 30)).await;
@@ -356,7 +364,7 @@ async fn a_frame_that_lies_about_its_size_is_not_buffered() {
         tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(reader, writer) })
             .await
             .expect("the gateway ends the connection");
-    let grown = rss_kib(service.pid()).saturating_sub(rss_before);
+    let grown = service.rss_kib().saturating_sub(rss_before);
     println!(
         "frame size lie: {} MiB written, connection ended after {ended:?}, RSS +{grown} KiB",
         written >> 20
@@ -412,6 +420,17 @@ fn shredded(msg: &str, finished: bool) -> Vec<u8> {
     bytes
 }
 
+/// `n` raw sessions of users `{prefix}0`..., each past its `connected` message.
+async fn connected_raw(addr: std::net::SocketAddr, n: usize, prefix: &str) -> Vec<Raw> {
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut raw = Raw::upgrade(addr, &format!("/ws?token={}", token(&format!("{prefix}{i}"))), "").await;
+        assert_eq!(raw.text().await["type"], "connected");
+        held.push(raw);
+    }
+    held
+}
+
 /// A message held open in one-byte fragments costs the gateway about its size, not a multiple:
 /// 20 connections each hold 65,000 bytes of fragments (the default `MAX_FRAME_BYTES` is 64 KiB),
 /// measured on a gateway process. actix-ws's own aggregation held each fragment as its own
@@ -422,13 +441,8 @@ async fn held_fragments_cost_about_their_size() {
     let addr: std::net::SocketAddr = service.base().parse().unwrap();
     let n = 20;
     let msg = conformance::ping_of(65_000);
-    let mut held = Vec::new();
-    for i in 0..n {
-        let mut raw = Raw::upgrade(addr, &format!("/ws?token={}", token(&format!("holder{i}"))), "").await;
-        assert_eq!(raw.text().await["type"], "connected");
-        held.push(raw);
-    }
-    let rss_before = rss_kib(service.pid());
+    let mut held = connected_raw(addr, n, "holder").await;
+    let rss_before = service.rss_kib();
     let fragments = shredded(&msg, false);
     for raw in held.iter_mut() {
         raw.send_bytes(&fragments).await;
@@ -443,7 +457,7 @@ async fn held_fragments_cost_about_their_size() {
     );
     held[n - 1].send_bytes(&last).await;
     assert_eq!(held[n - 1].text().await["type"], "pong");
-    let per_connection = rss_kib(service.pid()).saturating_sub(rss_before) / n as u64;
+    let per_connection = service.rss_kib().saturating_sub(rss_before) / n as u64;
     println!("65000 one-byte fragments held: {per_connection} KiB per connection");
     assert!(per_connection < 512, "{per_connection} KiB per connection");
     for raw in held.iter_mut().take(n - 1) {
@@ -461,13 +475,8 @@ async fn a_burst_of_tiny_frames_leaves_no_memory_behind() {
     let service = ServiceProcess::spawn(&[("WORKERS", "1")]).await;
     let addr: std::net::SocketAddr = service.base().parse().unwrap();
     let n = 20;
-    let mut held = Vec::new();
-    for i in 0..n {
-        let mut raw = Raw::upgrade(addr, &format!("/ws?token={}", token(&format!("burst{i}"))), "").await;
-        assert_eq!(raw.text().await["type"], "connected");
-        held.push(raw);
-    }
-    let rss_before = rss_kib(service.pid());
+    let mut held = connected_raw(addr, n, "burst").await;
+    let rss_before = service.rss_kib();
     let mut burst = Vec::new();
     for _ in 0..25_000 {
         burst.extend(encode(true, 0, conformance::PONG, Some(key()), b""));
@@ -479,7 +488,7 @@ async fn a_burst_of_tiny_frames_leaves_no_memory_behind() {
     for raw in held.iter_mut() {
         assert_eq!(raw.text().await["type"], "pong");
     }
-    let per_connection = rss_kib(service.pid()).saturating_sub(rss_before) / n as u64;
+    let per_connection = service.rss_kib().saturating_sub(rss_before) / n as u64;
     println!("25,000 empty pongs at once: {per_connection} KiB per connection after");
     assert!(per_connection < 256, "{per_connection} KiB per connection");
 }

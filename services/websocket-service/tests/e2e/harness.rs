@@ -52,6 +52,70 @@ pub fn http() -> reqwest::Client {
         .clone()
 }
 
+/// `GET http://{addr}{path}`: the status and the JSON body (null when it is not JSON).
+pub async fn get_at(addr: &dyn std::fmt::Display, path: &str) -> (u16, Value) {
+    let resp = http()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .expect("http get");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// The `/metrics` text of the internal listener at `addr`.
+pub async fn metrics_at(addr: &dyn std::fmt::Display) -> String {
+    http()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
+/// Waits until the gateway at `addr` answers `/ready` with 200 (a process may not listen yet).
+pub async fn wait_ready_at(addr: &dyn std::fmt::Display) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let answer = http().get(format!("http://{addr}/ready")).send().await;
+        if answer.as_ref().is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr} not ready in time: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the gateway at `addr` reports `n` open connections on `/health`.
+pub async fn wait_connections_at(addr: &dyn std::fmt::Display, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, body) = get_at(addr, "/health").await;
+        if body["connections"] == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {n} connections, /health says {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET url`, its JSON body.
+pub async fn get_json(url: String) -> Value {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("http get")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 pub fn fixture(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -137,38 +201,16 @@ impl TestGateway {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let resp = http()
-            .get(format!("http://{}{path}", self.addr))
-            .send()
-            .await
-            .expect("http get");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        get_at(&self.addr, path).await
     }
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let url = format!("http://{}/metrics", self.internal);
-        http()
-            .get(url)
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        metrics_at(&self.internal).await
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (status, body) = self.get("/ready").await;
-            if status == 200 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "gateway not ready in time: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready_at(&self.addr).await;
     }
 
     /// Events routed so far (every event read or published here, in the history's numbering).
@@ -191,18 +233,7 @@ impl TestGateway {
 
     /// Waits until `/health` reports `n` open connections.
     pub async fn wait_connections(&self, n: u64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let (_, body) = self.get("/health").await;
-            if body["connections"] == n {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} connections, /health says {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_connections_at(&self.addr, n).await;
     }
 
     /// `POST /api/publish` on the internal listener with `key`; returns status and JSON body.
@@ -575,48 +606,17 @@ impl ServiceProcess {
 
     /// Waits until `/ready` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + WAIT;
-        while http()
-            .get(format!("http://{}/ready", self.base()))
-            .send()
-            .await
-            .map_or(true, |r| r.status() != 200)
-        {
-            assert!(Instant::now() < deadline, "{} not ready", self.base());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready_at(&self.base()).await;
     }
 
     /// Waits until `/health` reports `n` open connections.
     pub async fn wait_connections(&self, n: u64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let body: Value = http()
-                .get(format!("http://{}/health", self.base()))
-                .send()
-                .await
-                .expect("health")
-                .json()
-                .await
-                .expect("health body");
-            if body["connections"].as_u64() == Some(n) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "connections: {body}, waiting for {n}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_connections_at(&self.base(), n).await;
     }
 
     /// Its `/metrics` text (internal listener).
     pub async fn metrics(&self) -> String {
-        http()
-            .get(format!("http://127.0.0.1:{}/metrics", self.internal_port))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("metrics text")
+        metrics_at(&format!("127.0.0.1:{}", self.internal_port)).await
     }
 
     pub fn signal(&self, name: &str) {

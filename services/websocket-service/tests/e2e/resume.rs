@@ -362,22 +362,11 @@ async fn polling_resumes_the_same_way() {
     assert_eq!(ns, vec![1, 2]);
     let c1 = got["cursor"].as_str().unwrap().to_string();
     // Nothing new: it waits, and answers when the next event arrives.
-    let waiting = {
-        let c1 = c1.clone();
-        let addr = a.addr;
-        let token = resume_token();
-        tokio::spawn(async move {
-            let url = format!("http://{addr}/events/poll?token={token}&rooms=lobby&since={c1}&wait=15");
-            http()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = tokio::spawn(get_json(format!(
+        "http://{}/events/poll?token={}&rooms=lobby&since={c1}&wait=15",
+        a.addr,
+        resume_token()
+    )));
     // The poll is waiting (it counts as a session while it does).
     a.wait_connections(1).await;
     publish(&b, json!([ev("p", 3, json!({"user": "res"}))])).await;
@@ -413,20 +402,11 @@ async fn polling_resumes_the_same_way() {
     let odd = poll(&a, &format!("&since={c0}&wait=nan")).await;
     assert_eq!(odd["events"].as_array().unwrap().len(), 3, "{odd}");
     // A drain answers a waiting poll at once: it does not hold the replica for its `wait`.
-    let waiting = {
-        let (addr, token) = (a.addr, resume_token());
-        tokio::spawn(async move {
-            let url = format!("http://{addr}/events/poll?token={token}&wait=25");
-            http()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiting = tokio::spawn(get_json(format!(
+        "http://{}/events/poll?token={}&wait=25",
+        a.addr,
+        resume_token()
+    )));
     // The poll is waiting (it counts as a session while it does).
     a.wait_connections(1).await;
     let started = std::time::Instant::now();

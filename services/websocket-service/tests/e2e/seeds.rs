@@ -343,17 +343,7 @@ async fn a_killed_replica_loses_nothing_for_clients_without_a_cursor() {
     let a = ServiceProcess::spawn_env(&env).await;
     let b = TestGateway::start(env.clone()).await;
     b.wait_ready().await;
-    let a_ready = format!("http://{}/ready", a.base());
-    let deadline = std::time::Instant::now() + WAIT;
-    while !http()
-        .get(&a_ready)
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(std::time::Instant::now() < deadline, "A not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    a.wait_ready().await;
     let target = Arc::new(std::sync::Mutex::new(a.base()));
     let start = |user: &str, first: Vec<String>| {
         let (target, tok) = (target.clone(), token(user));

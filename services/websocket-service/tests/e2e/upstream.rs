@@ -332,19 +332,8 @@ async fn rpc_over_http_answers_only_the_caller_and_each_failure_has_its_code() {
 /// A gateway process on `topic`, waited for until it serves.
 async fn process(env: &[(String, String)]) -> ServiceProcess {
     let p = ServiceProcess::spawn_env(env).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ready = http()
-            .get(format!("http://{}/ready", p.base()))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200);
-        if ready {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "the process did not become ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    p.wait_ready().await;
+    p
 }
 
 fn url(p: &ServiceProcess, user: &str) -> String {
